@@ -1,0 +1,23 @@
+"""iotdata: IoT telemetry pipelines in Python.
+
+Durable device clients, a compact wire format, partitioned Kafka ingestion, event-time stream
+operators and idempotent storage sinks. Subpackages: :mod:`iotdata.codec` (wire format),
+:mod:`iotdata.model` (readings and batches).
+"""
+
+from iotdata.errors import DecodeError, EncodeError, InvalidInputError, IotDataError
+from iotdata.model import Batch, Column, Reading, Value
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Batch",
+    "Column",
+    "DecodeError",
+    "EncodeError",
+    "InvalidInputError",
+    "IotDataError",
+    "Reading",
+    "Value",
+    "__version__",
+]

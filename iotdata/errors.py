@@ -1,0 +1,43 @@
+"""The iotdata error tree.
+
+Every error the library raises on purpose derives from :class:`IotDataError`. Subclasses say
+what went wrong and whose fault it is; ``retriable`` tells a caller whether the same call may
+succeed later without any change on its side. Third-party exceptions are translated into these
+at one boundary per layer, with the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecodeError",
+    "EncodeError",
+    "InvalidInputError",
+    "IotDataError",
+]
+
+
+class IotDataError(Exception):
+    """Root of every error raised by iotdata."""
+
+    #: True when repeating the same call later may succeed (a lost connection, a full buffer).
+    retriable: bool = False
+
+
+class InvalidInputError(IotDataError, ValueError):
+    """The caller passed something iotdata cannot accept: a bad device id, an unsupported value.
+
+    The fault is the caller's; repeating the call unchanged fails again.
+    """
+
+
+class EncodeError(InvalidInputError):
+    """A batch cannot be encoded: an unsupported value, or it exceeds the encoder's limits."""
+
+
+class DecodeError(IotDataError, ValueError):
+    """Bytes are not a valid iotdata frame, or exceed the decoder's limits.
+
+    Raised for every kind of bad input to a decoder (truncation, corruption, wrong magic or
+    version, unknown dictionary, decompression bombs, limits): a decoder never lets another
+    exception escape for bad bytes.
+    """

@@ -1,0 +1,106 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import pytest
+
+# ---------------------------------------------------------------------------------------------
+# Real services: Mosquitto, Apache Kafka, PostgreSQL (started by scripts/services.sh)
+#
+# Each fixture returns where its service runs (the IOTDATA_* variable, or the address
+# scripts/services.sh uses by default) after checking once per session that it answers. When it
+# does not, tests that need it fail under CI (CI=true or CI=1) and are skipped elsewhere.
+# ---------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_POSTGRES_DSN = "postgresql://iotdata:iotdata@127.0.0.1:5432/iotdata_test"
+
+CONNECT_TIMEOUT = 3.0
+START_HINT = "start the services with `scripts/services.sh up` (or run `./scripts/test.sh`)"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Fail (in CI) or skip (elsewhere) the test that needs something missing."""
+    if in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def tcp_error(host: str, port: int) -> str | None:
+    """Why a TCP connection to host:port fails, or None when it succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc}"
+
+
+def require_tcp(service: str, address: str, host: str, port: int) -> None:
+    error = tcp_error(host, port)
+    if error is not None:
+        unavailable(f"{service} is not reachable at {address} ({error}); {START_HINT}")
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    """URL of the MQTT broker, e.g. ``mqtt://127.0.0.1:1883`` (env IOTDATA_MQTT_URL)."""
+    url = os.environ.get("IOTDATA_MQTT_URL") or DEFAULT_MQTT_URL
+    parts = urlsplit(url)
+    default_port = 8883 if parts.scheme in {"mqtts", "ssl"} else 1883
+    require_tcp("MQTT broker", url, parts.hostname or "127.0.0.1", parts.port or default_port)
+    return url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Kafka bootstrap servers, e.g. ``127.0.0.1:9092`` (env IOTDATA_KAFKA_BOOTSTRAP)."""
+    bootstrap = os.environ.get("IOTDATA_KAFKA_BOOTSTRAP") or DEFAULT_KAFKA_BOOTSTRAP
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    require_tcp("Kafka", bootstrap, host.strip("[]") or "127.0.0.1", int(port or 9092))
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """libpq DSN of the test database (env IOTDATA_POSTGRES_DSN); a real login is checked."""
+    import psycopg  # noqa: PLC0415  (only sessions that use PostgreSQL pay for the import)
+
+    dsn = os.environ.get("IOTDATA_POSTGRES_DSN") or DEFAULT_POSTGRES_DSN
+    try:
+        psycopg.connect(dsn, connect_timeout=int(CONNECT_TIMEOUT)).close()
+    except psycopg.Error as exc:
+        # The message names host and port; the DSN itself is not shown as it may hold a password.
+        source = "IOTDATA_POSTGRES_DSN" if os.environ.get("IOTDATA_POSTGRES_DSN") else "default DSN"
+        unavailable(f"PostgreSQL is not reachable ({source}): {exc}; {START_HINT}")
+    return dsn
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name like ``t_1a2b3c4d``: valid as an MQTT topic prefix, a Kafka topic or group
+    name and an unquoted SQL identifier, so that tests never see each other's data."""
+    return f"t_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def nab_dir() -> Path:
+    """The Numenta Anomaly Benchmark extract shipped beside the repository in shared/data/nab
+    (env IOTDATA_NAB_DIR overrides)."""
+    path = Path(os.environ.get("IOTDATA_NAB_DIR") or REPO_ROOT.parent / "shared" / "data" / "nab")
+    if not path.is_dir():
+        unavailable(f"NAB data not found in {path}; set IOTDATA_NAB_DIR to its folder")
+    return path
