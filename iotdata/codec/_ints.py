@@ -11,7 +11,7 @@ form                                    meaning
 ``[1, order, heads, data]``             64-bit lanes, differenced ``order`` times (0 to 2)
 ``[4, order, heads, width, f, data]``   the same lanes bit-packed (for short sequences)
 ``[2, [v0, v1, ...]]``                  plain msgpack integers (short or 64-bit unsigned)
-``[3, divisor, remainder, inner]``      ``inner[i] * divisor + remainder``
+``[3, divisor, remainder, inner]``      ``inner[i] * divisor + remainder`` (inner: form 1 or 4)
 ======================================  ===================================================
 
 **Lanes.** The values, taken as one big integer ``X`` of ``n`` 64-bit two's-complement digits,
@@ -38,8 +38,8 @@ import sys
 from array import array
 from collections.abc import Sequence
 from functools import lru_cache
-from itertools import pairwise, repeat
-from operator import add, floordiv, mod, mul
+from itertools import repeat
+from operator import sub
 from typing import Any
 
 from iotdata.errors import DecodeError
@@ -245,19 +245,21 @@ def encode_ints(values: Sequence[int], *, signed: bool = False) -> Any:
     progression = _progression(values)
     if progression is not None:
         return progression
-    divided = _divided(values)
-    if divided is not None:
-        return divided
     try:
         lanes = _to_lanes(values)
     except OverflowError:
         if signed:
             raise
         return [PLAIN, list(values)]
-    order = _best_order(values)
+    return _divided(values, lanes) or _lanes_form(values[:_SAMPLE], lanes, count)
+
+
+def _lanes_form(first: Sequence[int], lanes: int, count: int) -> list[Any]:
+    """Form 1 or 4 for ``count`` values held in ``lanes``; ``first`` are the first few."""
+    order = _best_order(first)
     for _ in range(order):
         lanes = _difference(lanes, count)
-    heads = [values[0], values[1] - values[0]][:order]
+    heads = [first[0], first[1] - first[0]][:order]
     if order == 2 and not _MIN <= heads[1] <= _MAX:
         heads[1] &= _ONES
     body = _zigzag(lanes & ~((1 << (64 * order)) - 1), count)
@@ -277,29 +279,45 @@ def _progression(values: Sequence[int]) -> list[int] | None:
     return None
 
 
-def _divided(values: Sequence[int]) -> list[Any] | None:
-    """``[DIVIDED, g, r, inner]`` when every value is ``r`` modulo a large common ``g``."""
-    start = values[0]
+def _divided(values: Sequence[int], lanes: int) -> list[Any] | None:
+    """``[DIVIDED, g, r, inner]`` when every value is ``r`` modulo a large common ``g``.
+
+    ``g`` comes from a sample; the whole column is then divided as one big integer:
+    ``Y = lanes - r * (1 + 2**64 + ...)`` divided by ``g``. The quotient's lanes are the
+    per-value quotients exactly when the division leaves nothing and every quotient lane is
+    below ``2**(63 - g.bit_length())``: then no lane of ``quotient * g`` carries, and every
+    value is a non-negative ``quotient * g + r``.
+    """
+    count, start = len(values), values[0]
     divisor = math.gcd(*[v - start for v in values[1:_SAMPLE]])
     if divisor < _MIN_DIVISOR:
         return None
     remainder = start % divisor
-    if list(map(mod, values, repeat(divisor))).count(remainder) != len(values):
+    scaled = lanes - remainder * _masks(count)[0]
+    if scaled < 0:
         return None
-    quotients = list(map(floordiv, values, repeat(divisor)))
-    return [DIVIDED, divisor, remainder, encode_ints(quotients)]
+    quotients, rest = divmod(scaled, divisor)
+    if rest or quotients & _high_bits(count, 63 - divisor.bit_length()):
+        return None
+    first = [(v - remainder) // divisor for v in values[:_SAMPLE]]
+    return [DIVIDED, divisor, remainder, _lanes_form(first, quotients, count)]
+
+
+@lru_cache(maxsize=64)
+def _high_bits(count: int, low: int) -> int:
+    """Bits ``low`` to 63 of each of ``count`` lanes."""
+    lane = (_ONES ^ ((1 << max(low, 0)) - 1)).to_bytes(8, "little")
+    return int.from_bytes(lane * count, "little")
 
 
 def _best_order(values: Sequence[int]) -> int:
-    """How many times to difference, judged on a sample: the order with the fewest bits."""
+    """How many times to difference, judged on a sample: the order with the smallest sum."""
     sample = list(values[:_SAMPLE])
-    best_bits, best = -1, 0
-    for order in range(_MAX_ORDER + 1):
-        bits = sum(abs(v).bit_length() for v in sample)
-        if best_bits < 0 or bits < best_bits:
-            best_bits, best = bits, order
-        sample = [b - a for a, b in pairwise(sample)]
-    return best
+    sizes = []
+    for _ in range(_MAX_ORDER + 1):
+        sizes.append(sum(map(abs, sample)))
+        sample = list(map(sub, sample[1:], sample[:-1]))
+    return sizes.index(min(sizes))
 
 
 def estimated_size(encoded: Any) -> int:
@@ -335,7 +353,7 @@ def decode_ints(encoded: Any, count: int, *, signed: bool = True) -> list[int]:
     elif encoded[0] == PROGRESSION and len(encoded) == 3:
         return _decode_progression(encoded[1], encoded[2], count, high)
     elif encoded[0] == DIVIDED and len(encoded) == 4:
-        return _decode_divided(encoded, count, high)
+        return _decode_divided(encoded, count)  # non-negative and below 2**63 by design
     elif encoded[0] == PLAIN and type(encoded[1]) is list:
         values = encoded[1]
         if set(map(type, values)) - {int}:
@@ -361,7 +379,11 @@ def _decode_progression(start: Any, step: Any, count: int, high: int) -> list[in
 
 
 def _decode_lanes(encoded: list[Any], count: int) -> list[int]:
-    """Decode the LANES and BITS forms: ``[form, order, heads, ...]``."""
+    return _from_lanes(_lanes_of(encoded, count), count)
+
+
+def _lanes_of(encoded: list[Any], count: int) -> int:
+    """The lanes of the LANES and BITS forms ``[form, order, heads, ...]``, as one integer."""
     order, heads = encoded[1], encoded[2]
     if (
         type(order) is not int
@@ -387,16 +409,17 @@ def _decode_lanes(encoded: list[Any], count: int) -> list[int]:
         lanes |= ((heads[1] - heads[0]) & _ONES) << 64
     for _ in range(order):
         lanes = _integrate(lanes, count)
-    return _from_lanes(lanes, count)
+    return lanes
 
 
-def _decode_divided(encoded: list[Any], count: int, high: int) -> list[int]:
+def _decode_divided(encoded: list[Any], count: int) -> list[int]:
+    """``inner * divisor + remainder``, computed on all lanes at once (see :func:`_divided`)."""
     _, divisor, remainder, inner = encoded
     if type(divisor) is not int or type(remainder) is not int or not 0 <= remainder < divisor:
         raise DecodeError("integer sequence: bad divisor or remainder")
-    quotients = decode_ints(inner, count)
-    if quotients and (
-        min(quotients) * divisor + remainder < _MIN or max(quotients) * divisor + remainder > high
-    ):
-        raise DecodeError("integer sequence: item out of the 64-bit range")
-    return list(map(add, map(mul, quotients, repeat(divisor)), repeat(remainder)))
+    if type(inner) is not list or len(inner) < 4 or inner[0] not in (LANES, BITS):
+        raise DecodeError("integer sequence: a divided sequence holds lanes")
+    quotients = _lanes_of(inner, count)
+    if divisor.bit_length() > 63 or quotients & _high_bits(count, 63 - divisor.bit_length()):
+        raise DecodeError("integer sequence: divided item out of the 64-bit range")
+    return _from_lanes(quotients * divisor + remainder * _masks(count)[0], count)

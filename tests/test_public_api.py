@@ -1,0 +1,39 @@
+"""The public surface: every exported name exists, and nothing public goes unexported."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+import iotdata
+
+PUBLIC_MODULES = ["iotdata", "iotdata.codec", "iotdata.model", "iotdata.errors"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_names_exist_and_are_unique(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert len(set(exported)) == len(exported)
+    for attribute in exported:
+        assert hasattr(module, attribute), f"{name}.__all__ names missing {attribute}"
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_definitions_are_exported(name: str) -> None:
+    """Classes and functions defined in a public module without a leading _ are in __all__."""
+    module = importlib.import_module(name)
+    for attribute, value in vars(module).items():
+        if attribute.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        defined_here = getattr(value, "__module__", None) == name
+        if defined_here and callable(value):
+            assert attribute in module.__all__, f"{name}.{attribute} is public but not exported"
+
+
+def test_errors_share_one_root() -> None:
+    for error in (iotdata.InvalidInputError, iotdata.EncodeError, iotdata.DecodeError):
+        assert issubclass(error, iotdata.IotDataError)
+    assert iotdata.codec.DecodeError is iotdata.DecodeError
