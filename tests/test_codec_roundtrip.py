@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import iotdata
 from iotdata import codec
 from iotdata.model import MAX_STRING_LENGTH, Batch, Column, ts_from_datetime
 
@@ -151,10 +152,27 @@ def test_dictionary_round_trip_and_small_frames() -> None:
         assert len(frame) < len(plain.encode(single(i)))
 
 
-def test_train_dictionary_needs_samples() -> None:
-    batch = Batch.from_columns("d", {"m": ([1], [1.0], [0])})
-    with pytest.raises(codec.EncodeError.__mro__[1], match="more samples"):
-        codec.train_dictionary([batch])
+def test_a_dictionary_from_few_samples_still_shortens_frames() -> None:
+    """Too few samples for zstd: the dictionary keeps names and the timestamp grid only."""
+    batch = Batch.from_columns("boiler-1", {"temp": ([60_000_000], [21.5], [0])})
+    dictionary = codec.train_dictionary([batch])
+    assert dictionary.data == b""
+    assert dictionary.strings == ("boiler-1", "temp")
+    later = Batch.from_columns("boiler-1", {"temp": ([60_000_000 * 50], [22.0], [1])})
+    off_grid = Batch.from_columns("boiler-1", {"temp": ([60_000_001], [22.0], [2])})
+    stranger = Batch.from_columns("pump-2", {"rpm": ([7], [1200], [0])})
+    encoder = codec.Encoder(dictionary=dictionary)
+    decoder = codec.Decoder(dictionaries=[dictionary])
+    for each in (batch, later, off_grid, stranger):
+        assert decoder.decode(encoder.encode(each)) == each
+    assert len(encoder.encode(later)) < len(codec.encode(later)) - 10
+    with pytest.raises(codec.DecodeError, match=f"unknown dictionary id {dictionary.id}"):
+        codec.decode(encoder.encode(later))
+
+
+def test_train_dictionary_needs_batches() -> None:
+    with pytest.raises(iotdata.InvalidInputError, match="at least one Batch"):
+        codec.train_dictionary([])
 
 
 def load_series(path: Path) -> tuple[list[int], list[float]]:

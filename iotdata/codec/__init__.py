@@ -12,10 +12,10 @@ docs/format.md); the body is zstd-compressed when that pays, optionally with a t
 :class:`~iotdata.DecodeError` and respects :class:`Limits`.
 """
 
+from iotdata.codec._dictionary import Dictionary
 from iotdata.codec._frame import (
     FORMAT_VERSION,
     Decoder,
-    Dictionary,
     Encoder,
     Limits,
     decode,

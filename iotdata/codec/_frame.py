@@ -3,9 +3,9 @@
 Layout (docs/format.md is the specification)::
 
     0   2 bytes   magic b"iT"
-    2   1 byte    format version: major in the high nibble, minor in the low nibble
-    3   1 byte    flags: bit 0 zstd-compressed body, bit 1 dictionary id follows
-    4   varint    dictionary id (LEB128), only when flag bit 1 is set
+    2   1 byte    major format version (high nibble) and flags (low nibble):
+                  bit 0 zstd-compressed payload, bit 1 a dictionary id follows
+    3   varint    dictionary id (LEB128), only when flag bit 1 is set
     .   4 bytes   CRC-32 of the payload, little-endian
     .   payload   msgpack body, or a magic-less zstd frame holding it
 
@@ -15,8 +15,11 @@ versions may append elements to either array; this decoder ignores them.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +27,7 @@ import attrs
 import msgpack
 import zstandard
 
+from iotdata.codec._dictionary import MAX_STRINGS, Dictionary
 from iotdata.codec._ints import decode_ints, encode_ints
 from iotdata.codec._values import decode_values, encode_values
 from iotdata.errors import DecodeError, EncodeError, InvalidInputError
@@ -33,7 +37,6 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "Decoder",
-    "Dictionary",
     "Encoder",
     "Limits",
     "decode",
@@ -42,14 +45,15 @@ __all__ = [
 ]
 
 MAGIC = b"iT"
-#: (major, minor) of the format this module writes.
+#: (major, minor) of the format this module writes. Only the major version is in the envelope:
+#: minor versions only add what older decoders may ignore.
 FORMAT_VERSION = (1, 0)
 FLAG_ZSTD = 0x01
 FLAG_DICTIONARY = 0x02
 _KNOWN_FLAGS = FLAG_ZSTD | FLAG_DICTIONARY
-_VERSION_BYTE = FORMAT_VERSION[0] << 4 | FORMAT_VERSION[1]
+_VERSION = FORMAT_VERSION[0] << 4
 _MAGICLESS = zstandard.FORMAT_ZSTD1_MAGICLESS
-_MAX_DICTIONARY_ID = 2**32 - 1
+log = logging.getLogger("iotdata.codec")
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -78,38 +82,6 @@ class Limits:
 
 
 _DEFAULT_LIMITS = Limits()
-
-
-@attrs.frozen
-class Dictionary:
-    """A zstd dictionary trained on typical frames, with the id written into frame headers.
-
-    Share it between encoders and decoders with :meth:`to_bytes` / :meth:`from_bytes`.
-    """
-
-    id: int
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
-
-    def __attrs_post_init__(self) -> None:
-        if type(self.id) is not int or not 0 < self.id <= _MAX_DICTIONARY_ID:
-            raise InvalidInputError(f"dictionary id must be in 1..2**32-1, got {self.id!r}")
-
-    def to_bytes(self) -> bytes:
-        """``b"iTD"``, the id as 4 little-endian bytes, then the zstd dictionary."""
-        return MAGIC + b"D" + self.id.to_bytes(4, "little") + self.data
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Dictionary:
-        """Load what :meth:`to_bytes` wrote; raises :class:`DecodeError` for other bytes."""
-        if len(data) < 8 or data[:3] != MAGIC + b"D":
-            raise DecodeError("not an iotdata dictionary")
-        try:
-            return cls(int.from_bytes(data[3:7], "little"), bytes(data[7:]))
-        except InvalidInputError as exc:
-            raise DecodeError(str(exc)) from None
-
-    def _zstd(self) -> zstandard.ZstdCompressionDict:
-        return zstandard.ZstdCompressionDict(self.data)
 
 
 def _varint(value: int) -> bytes:
@@ -160,24 +132,19 @@ class Encoder:
         params = zstandard.ZstdCompressionParameters.from_level(
             level, format=_MAGICLESS, write_checksum=0, write_content_size=1, write_dict_id=0
         )
-        zdict = dictionary._zstd() if dictionary else None
+        zdict = dictionary.zstd() if dictionary else None
         self._zstd = zstandard.ZstdCompressor(dict_data=zdict, compression_params=params)
-        self._header = MAGIC + bytes([_VERSION_BYTE])
         self._dict_id = _varint(dictionary.id) if dictionary else b""
 
     def encode(self, batch: Batch) -> bytes:
         """Encode one batch. Raises :class:`EncodeError` past the limits."""
         body = self.body(batch)
-        flags = 0
+        flags = FLAG_DICTIONARY if self._dict_id else 0
         payload = body
         compressed = self._zstd.compress(body)
         if len(compressed) < len(body):
-            payload, flags = compressed, FLAG_ZSTD
-        if self._dict_id and flags:
-            flags |= FLAG_DICTIONARY
-            header = self._header + bytes([flags]) + self._dict_id
-        else:
-            header = self._header + bytes([flags])
+            payload, flags = compressed, flags | FLAG_ZSTD
+        header = MAGIC + bytes([_VERSION | flags]) + self._dict_id
         return header + zlib.crc32(payload).to_bytes(4, "little") + payload
 
     def body(self, batch: Batch) -> bytes:
@@ -189,9 +156,11 @@ class Encoder:
             raise EncodeError(f"{len(batch.columns)} metrics exceed max_metrics")
         if len(batch) > limits.max_readings:
             raise EncodeError(f"{len(batch)} readings exceed max_readings={limits.max_readings}")
-        columns = [_encode_column(c) for c in batch.columns]
+        context = self.dictionary
+        device = batch.device_id if context is None else context.name_ref(batch.device_id)
+        columns = [_encode_column(c, context) for c in batch.columns]
         try:
-            body: bytes = self._packer.pack([batch.device_id, columns])
+            body: bytes = self._packer.pack([device, columns])
         except (OverflowError, ValueError, TypeError) as exc:
             self._packer.reset()
             raise EncodeError(f"cannot pack batch of {batch.device_id!r}: {exc}") from exc
@@ -200,11 +169,17 @@ class Encoder:
         return body
 
 
-def _encode_column(column: Column) -> list[Any]:
+def _encode_column(column: Column, context: Dictionary | None = None) -> list[Any]:
+    if context is None:
+        metric: str | int = column.metric
+        ts = encode_ints(column.ts)
+    else:
+        metric = context.name_ref(column.metric)
+        ts = context.ts_ref(column.ts[0]) if len(column.ts) == 1 else encode_ints(column.ts)
     return [
-        column.metric,
+        metric,
         len(column.ts),
-        encode_ints(column.ts),
+        ts,
         encode_ints(column.seq),
         encode_values(column.values),
     ]
@@ -240,9 +215,11 @@ class Decoder:
         if known is not None and known.data != dictionary.data:
             raise InvalidInputError(f"two different dictionaries share the id {dictionary.id}")
         self._dictionaries[dictionary.id] = dictionary
-        self._contexts[dictionary.id] = zstandard.ZstdDecompressor(
-            dict_data=dictionary._zstd(), format=_MAGICLESS
-        )
+        try:
+            context = zstandard.ZstdDecompressor(dict_data=dictionary.zstd(), format=_MAGICLESS)
+        except zstandard.ZstdError as exc:
+            raise InvalidInputError(f"dictionary {dictionary.id} is corrupt: {exc}") from None
+        self._contexts[dictionary.id] = context
 
     def decode(self, data: bytes | bytearray | memoryview) -> Batch:
         """Decode one frame. Raises :class:`DecodeError` for anything but a valid frame."""
@@ -261,41 +238,37 @@ class Decoder:
         limits = self.limits
         if len(data) > limits.max_frame_bytes:
             raise DecodeError(f"frame of {len(data)} bytes exceeds max_frame_bytes")
-        if len(data) < 8:
+        if len(data) < 7:
             raise DecodeError(f"truncated frame: {len(data)} bytes")
         if data[:2] != MAGIC:
             raise DecodeError("not an iotdata frame (bad magic)")
-        major, minor = data[2] >> 4, data[2] & 0x0F
+        major, flags = data[2] >> 4, data[2] & 0x0F
         if major != FORMAT_VERSION[0]:
             raise DecodeError(
-                f"frame format {major}.{minor} is not supported: this decoder reads "
-                f"{FORMAT_VERSION[0]}.x; upgrade iotdata"
+                f"frame format version {major} is not supported: this decoder reads version "
+                f"{FORMAT_VERSION[0]}; upgrade iotdata"
             )
-        flags = data[3]
         if flags & ~_KNOWN_FLAGS:
-            raise DecodeError(f"unknown frame flags 0x{flags:02x}")
-        pos, dict_id = 4, None
+            raise DecodeError(f"unknown frame flags 0x{flags:x}")
+        pos, dictionary = 3, None
         if flags & FLAG_DICTIONARY:
             dict_id, pos = _read_varint(data, pos)
+            dictionary = self._dictionaries.get(dict_id)
+            if dictionary is None:
+                raise DecodeError(
+                    f"unknown dictionary id {dict_id}: pass that Dictionary to the Decoder"
+                )
         if len(data) < pos + 4:
             raise DecodeError("truncated frame: checksum")
         payload = data[pos + 4 :]
         if zlib.crc32(payload) != int.from_bytes(data[pos : pos + 4], "little"):
             raise DecodeError("checksum mismatch: the frame is corrupt")
         if flags & FLAG_ZSTD:
-            body = self._decompress(payload, dict_id)
-        elif dict_id is not None:
-            raise DecodeError("a dictionary id on an uncompressed frame")
-        else:
-            body = payload
-        return self._batch(self._unpack(body))
+            payload = self._decompress(payload, dictionary.id if dictionary else None)
+        return self._batch(self._unpack(payload), dictionary)
 
     def _decompress(self, payload: bytes, dict_id: int | None) -> bytes:
-        context = self._contexts.get(dict_id)
-        if context is None:
-            raise DecodeError(
-                f"unknown dictionary id {dict_id}: pass that Dictionary to the Decoder"
-            )
+        context = self._contexts[dict_id]
         try:
             params = zstandard.get_frame_parameters(payload, format=_MAGICLESS)
         except zstandard.ZstdError as exc:
@@ -332,17 +305,18 @@ class Decoder:
         except Exception as exc:
             raise DecodeError(f"malformed msgpack body ({type(exc).__name__}: {exc})") from None
 
-    def _batch(self, body: Any) -> Batch:
+    def _batch(self, body: Any, dictionary: Dictionary | None) -> Batch:
         if type(body) is not list or len(body) < 2 or type(body[1]) is not list:
             raise DecodeError("body must be [device_id, [columns]]")
-        device_id = _name(validate_device_id, body[0])
+        device = dictionary.name(body[0]) if dictionary else body[0]
+        device_id = _name(validate_device_id, device)
         encoded_columns = body[1]
         if len(encoded_columns) > self.limits.max_metrics:
             raise DecodeError(f"{len(encoded_columns)} metrics exceed max_metrics")
         budget = self.limits.max_readings
         columns = []
         for encoded in encoded_columns:
-            column = _decode_column(encoded, budget)
+            column = _decode_column(encoded, budget, dictionary)
             budget -= len(column.ts)
             columns.append(column)
         if len({c.metric for c in columns}) != len(columns):
@@ -358,16 +332,20 @@ def _name(check: Any, value: Any) -> str:
     return name
 
 
-def _decode_column(encoded: Any, budget: int) -> Column:
+def _metric(value: Any) -> str:
+    return _check_name("metric name", value)
+
+
+def _decode_column(encoded: Any, budget: int, dictionary: Dictionary | None) -> Column:
     if type(encoded) is not list or len(encoded) < 5:
         raise DecodeError("column must be [metric, n, ts, seq, values]")
-    metric = _name(lambda m: _check_name("metric name", m), encoded[0])
+    metric = _name(_metric, dictionary.name(encoded[0]) if dictionary else encoded[0])
     count = encoded[1]
     if type(count) is not int or count < 0:
         raise DecodeError(f"column {metric!r}: bad reading count {count!r}")
     if count > budget:
         raise DecodeError("readings exceed max_readings")
-    ts = decode_ints(encoded[2], count)
+    ts = _decode_ts(encoded[2], count, dictionary)
     seq = decode_ints(encoded[3], count)
     if count and min(seq) < 0:
         raise DecodeError(f"column {metric!r}: negative seq")
@@ -375,26 +353,42 @@ def _decode_column(encoded: Any, budget: int) -> Column:
     return Column._trusted(metric, tuple(ts), tuple(values), tuple(seq))
 
 
+def _decode_ts(encoded: Any, count: int, dictionary: Dictionary | None) -> list[int]:
+    if dictionary is not None and count == 1:
+        return [dictionary.ts(encoded)]
+    return decode_ints(encoded, count)
+
+
 def train_dictionary(
     samples: Iterable[Batch], *, size: int = 4096, dict_id: int | None = None
 ) -> Dictionary:
-    """Train a zstd dictionary on typical batches, for small frames (one or a few readings).
+    """Learn a :class:`Dictionary` from typical batches, for small frames (a few readings).
 
-    Give it a few hundred batches like the ones the devices will send. ``dict_id`` names the
-    dictionary in frame headers (1 to 2**32-1); by default it is derived from the content and
-    is at most 16383, so it costs at most 2 bytes per frame.
+    It keeps the most frequent device ids and metric names, the grid the timestamps lie on,
+    and, given enough samples (a few hundred frames), a zstd dictionary of ``size`` bytes
+    trained on their bodies; with fewer it goes without. ``dict_id`` names the dictionary in
+    frame headers (1 to 2**32-1); by default it is derived from the content and below 128, so
+    that it costs one byte per frame.
     """
-    encoder = Encoder()
-    bodies: list[bytes | bytearray | memoryview] = [encoder.body(b) for b in samples]
+    batches = list(samples)
+    if not batches or not all(isinstance(b, Batch) for b in batches):
+        raise InvalidInputError("train_dictionary needs at least one Batch")
+    names = Counter(b.device_id for b in batches)
+    names.update(c.metric for b in batches for c in b.columns)
+    strings = tuple(name for name, _ in names.most_common(MAX_STRINGS))
+    stamps = [ts for b in batches for c in b.columns for ts in c.ts]
+    base = max(stamps, default=0)
+    step = math.gcd(*[base - ts for ts in stamps]) or 1
+    context = Dictionary(dict_id or 1, b"", strings, base, step)
+    encoder = Encoder(dictionary=context)
+    bodies: list[bytes | bytearray | memoryview] = [encoder.body(b) for b in batches]
     try:
-        trained = zstandard.train_dictionary(size, bodies)
+        data = zstandard.train_dictionary(size, bodies).as_bytes()
     except zstandard.ZstdError as exc:
-        raise InvalidInputError(
-            f"cannot train a dictionary from {len(bodies)} samples ({exc}); "
-            "give it more samples (a few hundred frames) or a smaller size"
-        ) from None
-    data = trained.as_bytes()
-    return Dictionary(dict_id if dict_id is not None else zlib.crc32(data) % 16383 + 1, data)
+        log.debug("no zstd dictionary from %d samples: %s", len(bodies), exc)
+        data = b""
+    content = context.to_bytes() + data
+    return attrs.evolve(context, id=dict_id or zlib.crc32(content) % 127 + 1, data=data)
 
 
 _local = threading.local()

@@ -118,8 +118,9 @@ def _float_bytes(values: Sequence[float]) -> bytes:
 def _encode_floats(values: Sequence[float]) -> Any:
     raw = _float_bytes(values)
     decimal = _encode_decimal(values, raw)
-    if len(values) == 1:
-        return decimal[0] if decimal is not None else values[0]
+    if len(values) == 1:  # [11, k, int] beats a 9-byte float only while int takes 1 to 5 bytes
+        fits = decimal is not None and -(2**31) <= decimal[0][2] < 2**32
+        return decimal[0] if fits else values[0]  # type: ignore[index]
     # Decimal lanes of at most 4 significant bytes a value cannot lose to XOR.
     if decimal is not None and decimal[1] <= 4 * len(values):
         return decimal[0]
