@@ -78,16 +78,21 @@ def flatten(batches: dict[TopicPartition, list[ConsumerRecord]]) -> Iterable[Con
     return (record for batch in batches.values() for record in batch)
 
 
-async def consume_and_commit(
-    bootstrap: str, topic: str, group: str, expected: int
-) -> list[ConsumerRecord]:
-    consumer = AIOKafkaConsumer(
+def group_consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+    """A member of ``group`` that commits by hand and starts where nothing was committed."""
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
+
+
+async def consume_and_commit(
+    bootstrap: str, topic: str, group: str, expected: int
+) -> list[ConsumerRecord]:
+    consumer = group_consumer(bootstrap, topic, group)
     await consumer.start()
     try:
         records: list[ConsumerRecord] = []
@@ -102,13 +107,7 @@ async def consume_and_commit(
 
 async def check_nothing_left(bootstrap: str, topic: str, group: str) -> None:
     """A new member of the group starts from the committed offsets, at the end of each partition."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = group_consumer(bootstrap, topic, group)
     await consumer.start()
     try:
         leftovers: list[ConsumerRecord] = []
