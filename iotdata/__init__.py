@@ -5,14 +5,27 @@ operators and idempotent storage sinks. Subpackages: :mod:`iotdata.codec` (wire 
 :mod:`iotdata.model` (readings and batches).
 """
 
-from iotdata.errors import DecodeError, EncodeError, InvalidInputError, IotDataError
+from iotdata.errors import (
+    AuthenticationError,
+    ClosedError,
+    ConnectError,
+    ConnectionLostError,
+    DecodeError,
+    EncodeError,
+    InvalidInputError,
+    IotDataError,
+)
 from iotdata.model import Batch, Column, Reading, Value
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AuthenticationError",
     "Batch",
+    "ClosedError",
     "Column",
+    "ConnectError",
+    "ConnectionLostError",
     "DecodeError",
     "EncodeError",
     "InvalidInputError",

@@ -9,6 +9,10 @@ at one boundary per layer, with the original kept as ``__cause__``.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
+    "ClosedError",
+    "ConnectError",
+    "ConnectionLostError",
     "DecodeError",
     "EncodeError",
     "InvalidInputError",
@@ -41,3 +45,25 @@ class DecodeError(IotDataError, ValueError):
     version, unknown dictionary, decompression bombs, limits): a decoder never lets another
     exception escape for bad bytes.
     """
+
+
+class ClosedError(IotDataError):
+    """The object was closed (by you) and cannot be used any more."""
+
+
+class ConnectError(IotDataError):
+    """A server cannot be reached, or refused the connection. Retrying may succeed."""
+
+    retriable = True
+
+
+class AuthenticationError(ConnectError):
+    """A server refused our credentials or certificate: retrying unchanged will not help."""
+
+    retriable = False
+
+
+class ConnectionLostError(IotDataError):
+    """The connection dropped while an operation was under way. Retrying may succeed."""
+
+    retriable = True

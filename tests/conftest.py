@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests._brokers import PrivateBroker
 
 # ---------------------------------------------------------------------------------------------
 # Real services: Mosquitto, Apache Kafka, PostgreSQL (started by scripts/services.sh)
@@ -104,3 +108,22 @@ def nab_dir() -> Path:
     if not path.is_dir():
         unavailable(f"NAB data not found in {path}; set IOTDATA_NAB_DIR to its folder")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Private brokers: a mosquitto process per test, for outages and TLS listeners.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A running mosquitto of this test's own on a free port (``.stop()``/``.start()``)."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        unavailable("mosquitto is not installed; " + START_HINT)
+    broker = PrivateBroker(tmp_path / "broker")
+    broker.folder.mkdir()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,0 +1,486 @@
+"""An MQTT connection that stays up: paho-mqtt 2 inside our own reconnect loop.
+
+One background thread owns the network. It connects, runs paho's loop, and when the
+connection drops it waits a full-jitter exponential backoff (a tenacity wait policy you can
+replace) before trying again, never in a tight loop. Each attempt uses a fresh paho client, so
+nothing half-sent survives into the next connection: whatever needs to be sent again is the
+caller's to resend (the device client's durable queue does exactly that).
+
+Publishing returns a :class:`Delivery` that completes on the broker's acknowledgement (PUBACK
+for QoS 1) or fails with :class:`~iotdata.ConnectionLostError` if the connection drops first.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import paho.mqtt.client as paho
+import tenacity
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from iotdata.errors import (
+    AuthenticationError,
+    ClosedError,
+    ConnectError,
+    ConnectionLostError,
+    InvalidInputError,
+)
+from iotdata.mqtt._settings import MqttSettings
+
+__all__ = ["ConnectionStats", "Delivery", "MqttConnection", "Will", "default_backoff"]
+
+log = logging.getLogger("iotdata.mqtt")
+
+#: CONNACK reason codes that mean "your credentials or certificate": retrying will not help.
+_AUTH_REFUSED = {4, 5, 134, 135, 138, 140}
+_LOOP_TIMEOUT = 0.05
+
+
+def default_backoff() -> tenacity.wait.wait_base:
+    """Full-jitter exponential backoff: a random wait up to 0.5 s, 1 s, 2 s, ... at most 30 s."""
+    return tenacity.wait_random_exponential(multiplier=0.5, max=30)
+
+
+@attrs.frozen
+class Will:
+    """A message the broker publishes for us if we vanish without saying goodbye."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class Delivery:
+    """The fate of one published message: acknowledged, or lost with the connection."""
+
+    __slots__ = ("_callbacks", "_done", "_error", "mid")
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Delivery], None]] = []
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def error(self) -> BaseException | None:
+        """None when acknowledged; the reason otherwise (only meaningful once done)."""
+        return self._error
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until acknowledged; raise the reason if it was not; TimeoutError on timeout."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"message {self.mid} not acknowledged within {timeout} s")
+        if self._error is not None:
+            raise self._error
+
+    def add_done_callback(self, callback: Callable[[Delivery], None]) -> None:
+        """Call ``callback(delivery)`` when done (at once if done), on the network thread."""
+        if self._done.is_set():
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+            if self._done.is_set() and callback in self._callbacks:  # finished meanwhile
+                self._callbacks.remove(callback)
+                callback(self)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _call_safely(callback, self)
+
+
+@attrs.frozen
+class ConnectionStats:
+    """A snapshot of a connection's life."""
+
+    connected: bool
+    connects: int
+    disconnects: int
+    published: int
+    acknowledged: int
+    last_error: str | None
+
+
+Handler = Callable[[paho.MQTTMessage], None]
+
+
+@attrs.define
+class MqttConnection:
+    """A connection to one broker, kept up by a background thread until :meth:`close`.
+
+    Build it with :meth:`start`. ``on_connect`` and ``on_disconnect`` run on the network thread
+    after each (re)connection and loss; keep them short.
+    """
+
+    settings: MqttSettings
+    client_id: str
+    will: Will | None = None
+    clean_start: bool = True
+    session_expiry: int = 0
+    max_inflight: int = 64
+    on_connect: Callable[[], None] | None = None
+    on_disconnect: Callable[[], None] | None = None
+    backoff: tenacity.wait.wait_base = attrs.field(factory=default_backoff)
+    _client: paho.Client | None = attrs.field(default=None, init=False)
+    _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _closing: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _thread: threading.Thread | None = attrs.field(default=None, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _pending: dict[int, Delivery] = attrs.field(factory=dict, init=False)
+    _early_acks: set[int] = attrs.field(factory=set, init=False)
+    _subscriptions: dict[str, tuple[int, Handler]] = attrs.field(factory=dict, init=False)
+    _connack: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _refusal: BaseException | None = attrs.field(default=None, init=False)
+    _socket_error: str | None = attrs.field(default=None, init=False)
+    _last_error: BaseException | None = attrs.field(default=None, init=False)
+    _packet_limit: int = attrs.field(default=0, init=False)
+    _stats: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys(("connects", "disconnects", "published", "acked"), 0),
+        init=False,
+    )
+
+    @classmethod
+    def start(cls, settings: MqttSettings, client_id: str, **options: Any) -> MqttConnection:
+        """Create the connection and start its network thread (it connects in the background)."""
+        connection = cls(settings, client_id, **options)
+        connection._packet_limit = settings.max_packet_size
+        connection._thread = threading.Thread(
+            target=connection._run, name=f"iotdata-mqtt-{client_id}", daemon=True
+        )
+        connection._thread.start()
+        return connection
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def max_packet_size(self) -> int:
+        """Largest packet to send: ours, or the broker's if it announced a smaller one."""
+        return self._packet_limit
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until connected. On timeout raise the last reason it failed, if any."""
+        if self._connected.wait(timeout):
+            return
+        if self._closing.is_set():
+            raise ClosedError("the MQTT connection is closed")
+        error = self._last_error
+        if isinstance(error, ConnectError):
+            raise type(error)(str(error))
+        reason = f": {error}" if error else ""
+        raise ConnectError(f"not connected to {self.settings.url} within {timeout} s{reason}")
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> Delivery:
+        """Send a message now; the returned :class:`Delivery` completes on the broker's ack.
+
+        Raises :class:`ConnectionLostError` when not connected: resend after reconnecting.
+        """
+        if self._closing.is_set():
+            raise ClosedError("the MQTT connection is closed")
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise ConnectionLostError(f"not connected to {self.settings.url}")
+        if len(payload) + len(topic) + 16 > self._packet_limit:
+            raise InvalidInputError(
+                f"a {len(payload)}-byte message exceeds the packet limit of {self._packet_limit}"
+            )
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionLostError(f"publish failed: {paho.error_string(info.rc)}")
+        delivery = Delivery(info.mid)
+        with self._lock:  # never held while calling into paho (see _on_publish)
+            self._stats["published"] += 1
+            if qos == 0:
+                acknowledged = True
+            elif info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                acknowledged = True
+            else:
+                self._pending[info.mid] = delivery
+                acknowledged = False
+        if acknowledged:
+            delivery._finish(None)
+        return delivery
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler`` (on the network thread).
+
+        Subscriptions are renewed after every reconnection.
+        """
+        self._subscriptions[topic_filter] = (qos, handler)
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.message_callback_add(topic_filter, _handler_adapter(handler))
+            client.subscribe(topic_filter, qos)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def statistics(self) -> ConnectionStats:
+        stats = self._stats
+        error = self._last_error
+        return ConnectionStats(
+            connected=self.connected,
+            connects=stats["connects"],
+            disconnects=stats["disconnects"],
+            published=stats["published"],
+            acknowledged=stats["acked"],
+            last_error=None if error is None else str(error),
+        )
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread. Safe to call twice."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.disconnect()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def __enter__(self) -> MqttConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ network thread
+
+    def _run(self) -> None:
+        retrying = tenacity.Retrying(
+            wait=self.backoff,
+            retry=tenacity.retry_if_exception_type(ConnectError),
+            stop=lambda state: self._closing.is_set(),
+            sleep=self._pause,
+            reraise=True,
+        )
+        while not self._closing.is_set():
+            try:
+                retrying(self._connect_once)
+            except ConnectError:
+                break  # only when closing
+            self._serve()
+        self._drop_client()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait between attempts, cut short by :meth:`close`."""
+        self._closing.wait(seconds)
+
+    def _connect_once(self) -> None:
+        settings = self.settings
+        client = self._new_client()
+        self._connack.clear()
+        self._refusal = None
+        self._socket_error = None
+        try:
+            client.connect(
+                settings.host,
+                settings.port,
+                keepalive=settings.keepalive,
+                clean_start=self.clean_start if settings.protocol == 5 else 3,
+                properties=self._connect_properties(),
+            )
+            deadline = settings.connect_timeout
+            while not self._connack.is_set() and deadline > 0 and not self._closing.is_set():
+                rc = client.loop(_LOOP_TIMEOUT)
+                if self._connack.is_set():  # a refusal is followed by the broker hanging up
+                    break
+                if rc != paho.MQTT_ERR_SUCCESS:
+                    self._fail(client, self._hang_up_error(rc))
+                deadline -= _LOOP_TIMEOUT
+        except ssl.SSLError as exc:
+            self._fail(client, AuthenticationError(f"TLS handshake with {settings.url}: {exc}"))
+        except OSError as exc:
+            self._fail(client, ConnectError(f"cannot reach {settings.url}: {exc}"))
+        if self._refusal is not None:
+            self._fail(client, self._refusal)
+        if not self._connack.is_set():
+            self._fail(client, ConnectError(f"{settings.url} did not answer in time"))
+        self._client = client
+        self._last_error = None
+        self._stats["connects"] += 1
+        for topic_filter, (qos, handler) in self._subscriptions.items():
+            client.message_callback_add(topic_filter, _handler_adapter(handler))
+            client.subscribe(topic_filter, qos)
+        self._connected.set()
+        log.info("connected to %s as %s", settings.url, self.client_id)
+        self._notify(self.on_connect)
+
+    def _hang_up_error(self, rc: int) -> ConnectError:
+        """Why the broker hung up before accepting us: a TLS alert means our certificate."""
+        detail = self._socket_error or paho.error_string(rc)
+        tls_alert = rc == paho.MQTT_ERR_TLS or "SSL" in detail or "_ssl.c" in detail
+        kind = AuthenticationError if tls_alert else ConnectError
+        return kind(f"{self.settings.url} closed the connection before accepting us: {detail}")
+
+    def _fail(self, client: paho.Client, error: ConnectError) -> None:
+        self._last_error = error
+        if isinstance(error, AuthenticationError):
+            log.error("%s", error)
+        else:
+            log.warning("%s; retrying", error)
+        _release(client)
+        raise error
+
+    def _serve(self) -> None:
+        """Run paho's loop until the connection drops or we close."""
+        client = self._client
+        assert client is not None
+        while not self._closing.is_set():
+            rc = client.loop(_LOOP_TIMEOUT)
+            if rc != paho.MQTT_ERR_SUCCESS or not self._connected.is_set():
+                break
+        if self._closing.is_set():
+            for _ in range(20):  # let the DISCONNECT go out
+                if client.loop(_LOOP_TIMEOUT) != paho.MQTT_ERR_SUCCESS:
+                    break
+        self._lost(ConnectionLostError(f"connection to {self.settings.url} lost"), notify=True)
+
+    def _lost(self, error: ConnectionLostError, *, notify: bool) -> None:
+        """Fail what awaited an ack; after a connection that was up, count and announce it."""
+        self._connected.clear()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._early_acks.clear()
+        for delivery in pending.values():
+            delivery._finish(error)
+        if notify:
+            self._stats["disconnects"] += 1
+            if not self._closing.is_set():
+                self._last_error = error
+                log.warning("%s; reconnecting", error)
+            self._notify(self.on_disconnect)
+
+    def _drop_client(self) -> None:
+        self._lost(ConnectionLostError("the MQTT connection is closed"), notify=False)
+        client, self._client = self._client, None
+        if client is not None:
+            _release(client)
+
+    def _notify(self, callback: Callable[[], None] | None) -> None:
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:
+            log.exception("connection callback %r failed", callback)
+
+    # ------------------------------------------------------------------ paho plumbing
+
+    def _new_client(self) -> paho.Client:
+        settings = self.settings
+        version5 = settings.protocol == 5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if version5 else self.clean_start,
+            protocol=MQTTProtocolVersion.MQTTv5 if version5 else MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls is not None:
+            client.tls_set_context(settings.tls.context())
+        if self.will is not None:
+            will = self.will
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.max_inflight_messages_set(self.max_inflight)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        client.on_log = self._on_log
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if self.settings.protocol != 5:
+            return None
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.session_expiry
+        properties.MaximumPacketSize = 256 * 1024 * 1024 - 1
+        return properties
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        code = int(getattr(reason, "value", reason))
+        if code != 0:
+            kind = AuthenticationError if code in _AUTH_REFUSED else ConnectError
+            self._refusal = kind(f"{self.settings.url} refused the connection: {reason}")
+        elif properties is not None and hasattr(properties, "MaximumPacketSize"):
+            self._packet_limit = min(self.settings.max_packet_size, properties.MaximumPacketSize)
+        self._connack.set()
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        # paho calls this holding its outgoing-message mutex: take only our small lock.
+        with self._lock:
+            delivery = self._pending.pop(mid, None)
+            if delivery is None:
+                self._early_acks.add(mid)
+            else:
+                self._stats["acked"] += 1
+        if delivery is None:
+            return
+        code = int(getattr(reason, "value", reason) or 0)
+        error = None if code < 0x80 else ConnectionLostError(f"broker refused message: {reason}")
+        delivery._finish(error)
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
+        if level == paho.MQTT_LOG_ERR and self._socket_error is None:
+            # paho reports socket and TLS errors only this way; the first is the cause
+            self._socket_error = message
+            log.debug("paho: %s", message)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._connected.clear()
+
+
+def _call_safely(callback: Callable[[Delivery], None], delivery: Delivery) -> None:
+    try:
+        callback(delivery)
+    except Exception:
+        log.exception("delivery callback for message %s failed", delivery.mid)
+
+
+def _release(client: paho.Client) -> None:
+    """Close a client's socket, whatever state it is in."""
+    try:
+        client.disconnect()
+        if client.socket() is not None:
+            client.loop(0)
+    except Exception:  # a half-open socket is dropped either way
+        log.debug("releasing an MQTT client", exc_info=True)
+
+
+def _handler_adapter(handler: Handler) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
+    def deliver(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            handler(message)
+        except Exception:
+            log.exception("handler for %s failed", message.topic)
+
+    return deliver

@@ -1,0 +1,134 @@
+"""Where and how to connect: broker address, credentials, TLS and protocol options."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+from iotdata.errors import InvalidInputError
+
+__all__ = ["MqttSettings", "TlsSettings"]
+
+_SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
+_PROTOCOLS = {"5": 5, "5.0": 5, "3.1.1": 4, "311": 4, "4": 4}
+
+
+def _optional_file(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not Path(value).is_file():
+        raise InvalidInputError(f"{attribute.name}: no such file {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TlsSettings:
+    """TLS for the broker connection; with ``cert_file`` and ``key_file``, mutual TLS.
+
+    ``ca_file`` is the CA bundle that signed the broker's certificate (the system's trust store
+    when None). The broker's host name is checked against its certificate.
+    """
+
+    ca_file: str | None = attrs.field(default=None, validator=_optional_file)
+    cert_file: str | None = attrs.field(default=None, validator=_optional_file)
+    key_file: str | None = attrs.field(default=None, validator=_optional_file)
+    key_password: str | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise InvalidInputError("mutual TLS needs both cert_file and key_file")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: TLS 1.2 or newer, certificate and host name verified."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.cert_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file, self.key_password)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidInputError(f"cannot load TLS files: {exc}") from exc
+        return context
+
+
+def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or not 0 < value < 65536:
+        raise InvalidInputError(f"port must be in 1..65535, got {value!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) not in (int, float) or value <= 0:
+        raise InvalidInputError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _protocol(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value not in (4, 5):
+        raise InvalidInputError("protocol must be 5 (MQTT 5) or 4 (MQTT 3.1.1)")
+
+
+@attrs.frozen(kw_only=True)
+class MqttSettings:
+    """How to reach an MQTT broker. Build it with :meth:`from_url` or field by field."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=1883, validator=_port)
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    tls: TlsSettings | None = None
+    #: 5 for MQTT 5, 4 for MQTT 3.1.1.
+    protocol: int = attrs.field(default=5, validator=_protocol)
+    #: Seconds between keepalive pings when idle; the broker drops the client after 1.5x.
+    keepalive: int = attrs.field(default=30, validator=_positive)
+    #: Seconds to wait for the broker's answer to a connection attempt.
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Largest MQTT packet sent; batches are split below it (the broker may lower it in CONNACK).
+    max_packet_size: int = attrs.field(default=256 * 1024, validator=_positive)
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> MqttSettings:
+        """``mqtt://[user[:password]@]host[:port][?protocol=3.1.1&keepalive=30]``.
+
+        ``mqtts://`` (or ``ssl://``) turns TLS on with the system's trust store; pass
+        ``tls=TlsSettings(...)`` for your own CA or client certificates.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in _SCHEMES or not parts.hostname:
+            raise InvalidInputError(f"not an MQTT URL (mqtt://host:port or mqtts://...): {url!r}")
+        secure = _SCHEMES[parts.scheme]
+        try:
+            port = parts.port or (8883 if secure else 1883)
+        except ValueError as exc:
+            raise InvalidInputError(f"bad port in {url!r}") from exc
+        fields: dict[str, Any] = {"host": parts.hostname, "port": port}
+        if parts.username:
+            fields["username"] = unquote(parts.username)
+        if parts.password:
+            fields["password"] = unquote(parts.password)
+        if secure:
+            fields["tls"] = TlsSettings()
+        for key, values in parse_qs(parts.query).items():
+            fields[key] = _query_value(key, values[-1])
+        fields.update(overrides)
+        return cls(**fields)
+
+    @property
+    def url(self) -> str:
+        """The broker's address as a URL, without credentials (safe to log)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def _query_value(key: str, text: str) -> Any:
+    if key == "protocol":
+        if text not in _PROTOCOLS:
+            raise InvalidInputError(f"protocol must be 5 or 3.1.1, got {text!r}")
+        return _PROTOCOLS[text]
+    if key in ("keepalive", "max_packet_size"):
+        if not text.isdigit():
+            raise InvalidInputError(f"{key} must be a whole number, got {text!r}")
+        return int(text)
+    if key == "connect_timeout":
+        try:
+            return float(text)
+        except ValueError:
+            raise InvalidInputError(f"connect_timeout must be a number, got {text!r}") from None
+    raise InvalidInputError(f"unknown MQTT URL option {key!r}")

@@ -1,0 +1,231 @@
+"""MqttConnection against real Mosquitto brokers: acks, outages, last will, TLS."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+import tenacity
+
+import iotdata
+from iotdata.mqtt import MqttConnection, MqttSettings, TlsSettings, Will
+from tests._brokers import PrivateBroker, make_certificates, tls_config
+
+pytestmark = pytest.mark.mqtt
+FAST = tenacity.wait_fixed(0.1)
+
+
+class Inbox:
+    """Messages a subscription received, waitable."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, message: paho.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((message.topic, bytes(message.payload)))
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[tuple[str, bytes]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.messages) >= count, timeout), self.messages
+            return list(self.messages)
+
+
+def connect(url: str, client_id: str, **options: object) -> MqttConnection:
+    options.setdefault("backoff", FAST)
+    return MqttConnection.start(MqttSettings.from_url(url), client_id, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_publish_is_acknowledged_and_received(
+    mqtt_url: str, unique_name: str, protocol: str
+) -> None:
+    url = f"{mqtt_url}?protocol={protocol}"
+    inbox = Inbox()
+    with connect(url, f"{unique_name}-sub") as subscriber, connect(url, unique_name) as publisher:
+        subscriber.wait_connected(10)
+        subscriber.subscribe(f"{unique_name}/#", inbox)
+        publisher.wait_connected(10)
+        time.sleep(0.2)  # let the SUBACK arrive before publishing
+        deliveries = [publisher.publish(f"{unique_name}/t", f"m{i}".encode()) for i in range(50)]
+        for delivery in deliveries:
+            delivery.wait(10)
+        received = inbox.wait_for(50)
+        assert [payload for _, payload in received] == [f"m{i}".encode() for i in range(50)]
+        stats = publisher.statistics()
+        assert (stats.published, stats.acknowledged, stats.connects) == (50, 50, 1)
+
+
+def test_reconnects_after_an_outage_and_renews_subscriptions(
+    private_broker: PrivateBroker, unique_name: str
+) -> None:
+    events: list[str] = []
+    inbox = Inbox()
+    connection = connect(
+        private_broker.url,
+        unique_name,
+        on_connect=lambda: events.append("up"),
+        on_disconnect=lambda: events.append("down"),
+    )
+    with connection:
+        connection.wait_connected(10)
+        connection.subscribe(f"{unique_name}/#", inbox)
+        private_broker.stop()
+        deadline = time.monotonic() + 10
+        while connection.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(iotdata.ConnectionLostError):
+            connection.publish(f"{unique_name}/x", b"lost")
+        with pytest.raises(iotdata.ConnectError, match="cannot reach"):
+            connection.wait_connected(0.5)
+        private_broker.start()
+        connection.wait_connected(15)
+        time.sleep(0.2)
+        connection.publish(f"{unique_name}/x", b"after").wait(10)
+        assert inbox.wait_for(1) == [(f"{unique_name}/x", b"after")]
+        assert events == ["up", "down", "up"]
+        assert connection.statistics().connects == 2
+
+
+def test_unacknowledged_deliveries_fail_when_the_connection_drops(
+    private_broker: PrivateBroker, unique_name: str
+) -> None:
+    process = private_broker.process
+    assert process is not None
+    with connect(private_broker.url, unique_name) as connection:
+        connection.wait_connected(10)
+        process.send_signal(signal.SIGSTOP)  # frozen: the socket stays open, no PUBACK comes
+        deliveries = [connection.publish(f"{unique_name}/x", b"%d" % i) for i in range(10)]
+        time.sleep(0.3)
+        assert not any(d.done() for d in deliveries)
+        assert connection.in_flight() == 10
+        process.kill()
+        process.wait()
+        for delivery in deliveries:
+            with pytest.raises(iotdata.ConnectionLostError):
+                delivery.wait(10)
+        assert connection.in_flight() == 0
+
+
+def test_close_is_idempotent_and_final(mqtt_url: str, unique_name: str) -> None:
+    connection = connect(mqtt_url, unique_name)
+    connection.wait_connected(10)
+    connection.close()
+    connection.close()
+    assert not connection.connected
+    with pytest.raises(iotdata.ClosedError):
+        connection.publish("x/y", b"")
+    with pytest.raises(iotdata.ClosedError):
+        connection.wait_connected(0.1)
+
+
+def test_unreachable_broker_is_a_clear_error_and_close_interrupts_backoff(
+    unique_name: str,
+) -> None:
+    slow = tenacity.wait_fixed(60)
+    connection = connect("mqtt://127.0.0.1:1", unique_name, backoff=slow)
+    with pytest.raises(iotdata.ConnectError, match=r"cannot reach mqtt://127.0.0.1:1"):
+        connection.wait_connected(2)
+    started = time.monotonic()
+    connection.close()
+    assert time.monotonic() - started < 5  # not stuck in the 60 s wait
+
+
+def test_last_will_marks_a_vanished_client_offline(mqtt_url: str, unique_name: str) -> None:
+    state_topic = f"{unique_name}/state"
+    inbox = Inbox()
+    child = f"""
+import time
+from iotdata.mqtt import MqttConnection, MqttSettings, Will
+will = Will("{state_topic}", b"offline", retain=False)
+c = MqttConnection.start(MqttSettings.from_url("{mqtt_url}", keepalive=1), "{unique_name}-dev",
+                         will=will)
+c.wait_connected(10)
+print("connected", flush=True)
+time.sleep(60)
+"""
+    with connect(mqtt_url, f"{unique_name}-watch") as watcher:
+        watcher.wait_connected(10)
+        watcher.subscribe(state_topic, inbox)
+        process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == b"connected\n"
+            process.kill()  # no DISCONNECT: the broker must publish the will
+        finally:
+            process.wait()
+        assert inbox.wait_for(1, timeout=15) == [(state_topic, b"offline")]
+
+
+def test_a_clean_close_sends_no_will(mqtt_url: str, unique_name: str) -> None:
+    inbox = Inbox()
+    with connect(mqtt_url, f"{unique_name}-watch") as watcher:
+        watcher.wait_connected(10)
+        watcher.subscribe(f"{unique_name}/state", inbox)
+        time.sleep(0.2)
+        will = Will(f"{unique_name}/state", b"offline", retain=False)
+        with connect(mqtt_url, unique_name, will=will) as device:
+            device.wait_connected(10)
+        time.sleep(1.5)
+        assert inbox.messages == []
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> tuple[PrivateBroker, Path]:
+    certs = make_certificates(tmp_path / "pki")
+    broker = PrivateBroker(tmp_path / "tls-broker", scheme="mqtts")
+    broker.folder.mkdir()
+    broker.extra_config = tls_config(certs, require_client_certificate=True)
+    broker.start()
+    yield broker, tmp_path / "pki"
+    broker.stop()
+
+
+def tls_settings(broker: PrivateBroker, pki: Path, prefix: str = "") -> MqttSettings:
+    tls = TlsSettings(
+        ca_file=str(pki / "ca.pem"),
+        cert_file=str(pki / f"{prefix}client.pem"),
+        key_file=str(pki / f"{prefix}client.key"),
+    )
+    return MqttSettings.from_url(broker.url, tls=tls)
+
+
+def test_mutual_tls_connects_with_a_certificate_the_broker_trusts(
+    tls_broker: tuple[PrivateBroker, Path], unique_name: str
+) -> None:
+    broker, pki = tls_broker
+    with MqttConnection.start(tls_settings(broker, pki), unique_name, backoff=FAST) as connection:
+        connection.wait_connected(10)
+        connection.publish(f"{unique_name}/x", b"secure").wait(10)
+
+
+def test_a_certificate_from_another_ca_is_refused_clearly(
+    tls_broker: tuple[PrivateBroker, Path], unique_name: str
+) -> None:
+    broker, pki = tls_broker
+    make_certificates(pki, prefix="rogue-")  # same names, signed by a CA the broker ignores
+    settings = tls_settings(broker, pki, prefix="rogue-")
+    with MqttConnection.start(settings, unique_name, backoff=FAST) as connection:
+        with pytest.raises(iotdata.AuthenticationError):
+            connection.wait_connected(5)
+        assert not connection.connected
+
+
+def test_tls_without_the_right_ca_is_refused(
+    tls_broker: tuple[PrivateBroker, Path], unique_name: str
+) -> None:
+    broker = tls_broker[0]
+    settings = MqttSettings.from_url(broker.url)  # system trust store: our CA is unknown
+    with (
+        MqttConnection.start(settings, unique_name, backoff=FAST) as connection,
+        pytest.raises(iotdata.AuthenticationError, match="certificate verify failed"),
+    ):
+        connection.wait_connected(5)
