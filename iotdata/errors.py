@@ -14,6 +14,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "DecodeError",
+    "EdgeOperatorError",
     "EncodeError",
     "InvalidInputError",
     "IotDataError",
@@ -67,3 +68,7 @@ class ConnectionLostError(IotDataError):
     """The connection dropped while an operation was under way. Retrying may succeed."""
 
     retriable = True
+
+
+class EdgeOperatorError(IotDataError):
+    """An edge operator failed; the message names the step and the reading (cause in __cause__)."""

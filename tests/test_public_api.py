@@ -9,7 +9,14 @@ import pytest
 
 import iotdata
 
-PUBLIC_MODULES = ["iotdata", "iotdata.codec", "iotdata.model", "iotdata.errors"]
+PUBLIC_MODULES = [
+    "iotdata",
+    "iotdata.codec",
+    "iotdata.device",
+    "iotdata.errors",
+    "iotdata.model",
+    "iotdata.mqtt",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
