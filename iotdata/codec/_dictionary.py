@@ -93,7 +93,12 @@ class Dictionary:
         """The timestamp :meth:`ts_ref` wrote."""
         if type(encoded) is int and self.ts_step:
             ts = self.ts_base + encoded * self.ts_step
-        elif type(encoded) is list and len(encoded) == 2 and encoded[0] == TS_OFF_GRID:
+        elif (
+            type(encoded) is list
+            and len(encoded) == 2
+            and type(encoded[0]) is int
+            and encoded[0] == TS_OFF_GRID
+        ):
             ts = encoded[1]
         else:
             raise DecodeError(f"bad lone timestamp {encoded!r} for dictionary {self.id}")

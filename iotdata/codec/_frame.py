@@ -6,7 +6,7 @@ Layout (docs/format.md is the specification)::
     2   1 byte    major format version (high nibble) and flags (low nibble):
                   bit 0 zstd-compressed payload, bit 1 a dictionary id follows
     3   varint    dictionary id (LEB128), only when flag bit 1 is set
-    .   4 bytes   CRC-32 of the payload, little-endian
+    .   4 bytes   CRC-32 of the header bytes before it and of the payload, little-endian
     .   payload   msgpack body, or a magic-less zstd frame holding it
 
 Body: ``[device_id, [column, ...]]``; column: ``[metric, n, ts, seq, values]``. Newer minor
@@ -31,7 +31,7 @@ from iotdata.codec._dictionary import MAX_STRINGS, Dictionary
 from iotdata.codec._ints import decode_ints, encode_ints
 from iotdata.codec._values import decode_values, encode_values
 from iotdata.errors import DecodeError, EncodeError, InvalidInputError
-from iotdata.model import Batch, Column, _check_name, validate_device_id
+from iotdata.model import MAX_STRING_LENGTH, Batch, Column, _check_name, validate_device_id
 
 __all__ = [
     "FORMAT_VERSION",
@@ -54,6 +54,8 @@ _KNOWN_FLAGS = FLAG_ZSTD | FLAG_DICTIONARY
 _VERSION = FORMAT_VERSION[0] << 4
 _MAGICLESS = zstandard.FORMAT_ZSTD1_MAGICLESS
 log = logging.getLogger("iotdata.codec")
+# The longest string the model allows, in UTF-8 bytes.
+_LONGEST_STRING = 4 * MAX_STRING_LENGTH
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -145,7 +147,11 @@ class Encoder:
         if len(compressed) < len(body):
             payload, flags = compressed, flags | FLAG_ZSTD
         header = MAGIC + bytes([_VERSION | flags]) + self._dict_id
-        return header + zlib.crc32(payload).to_bytes(4, "little") + payload
+        checksum = zlib.crc32(payload, zlib.crc32(header)).to_bytes(4, "little")
+        frame = header + checksum + payload
+        if len(frame) > self.limits.max_frame_bytes:
+            raise EncodeError(f"frame of {len(frame)} bytes exceeds max_frame_bytes")
+        return frame
 
     def body(self, batch: Batch) -> bytes:
         """The uncompressed msgpack body of a frame (what dictionaries are trained on)."""
@@ -156,6 +162,8 @@ class Encoder:
             raise EncodeError(f"{len(batch.columns)} metrics exceed max_metrics")
         if len(batch) > limits.max_readings:
             raise EncodeError(f"{len(batch)} readings exceed max_readings={limits.max_readings}")
+        if limits.max_string_bytes < _LONGEST_STRING:
+            _check_strings(batch, limits.max_string_bytes)
         context = self.dictionary
         device = batch.device_id if context is None else context.name_ref(batch.device_id)
         columns = [_encode_column(c, context) for c in batch.columns]
@@ -167,6 +175,15 @@ class Encoder:
         if len(body) > limits.max_body_bytes:
             raise EncodeError(f"body of {len(body)} bytes exceeds max_body_bytes")
         return body
+
+
+def _check_strings(batch: Batch, limit: int) -> None:
+    """Refuse strings a decoder with the same limits would refuse (only for lowered limits)."""
+    names = [batch.device_id, *(c.metric for c in batch.columns)]
+    values = [v for c in batch.columns for v in c.values if type(v) is str]
+    longest = max((len(text.encode()) for text in names + values), default=0)
+    if longest > limit:
+        raise EncodeError(f"a {longest}-byte string exceeds max_string_bytes={limit}")
 
 
 def _encode_column(column: Column, context: Dictionary | None = None) -> list[Any]:
@@ -223,12 +240,13 @@ class Decoder:
 
     def decode(self, data: bytes | bytearray | memoryview) -> Batch:
         """Decode one frame. Raises :class:`DecodeError` for anything but a valid frame."""
-        if not isinstance(data, bytes):
-            if not isinstance(data, (bytearray, memoryview)):
-                raise DecodeError(f"expected bytes, got {type(data).__name__}")
-            data = bytes(data)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"expected bytes, got {type(data).__name__}")
         try:
-            return self._decode(data)
+            size = data.nbytes if isinstance(data, memoryview) else len(data)
+            if size > self.limits.max_frame_bytes:  # before copying a buffer
+                raise DecodeError(f"frame of {size} bytes exceeds max_frame_bytes")
+            return self._decode(data if type(data) is bytes else bytes(data))
         except DecodeError:
             raise
         except Exception as exc:  # the one boundary: nothing else escapes for bad bytes
@@ -261,7 +279,9 @@ class Decoder:
         if len(data) < pos + 4:
             raise DecodeError("truncated frame: checksum")
         payload = data[pos + 4 :]
-        if zlib.crc32(payload) != int.from_bytes(data[pos : pos + 4], "little"):
+        if zlib.crc32(payload, zlib.crc32(data[:pos])) != int.from_bytes(
+            data[pos : pos + 4], "little"
+        ):
             raise DecodeError("checksum mismatch: the frame is corrupt")
         if flags & FLAG_ZSTD:
             payload = self._decompress(payload, dictionary.id if dictionary else None)
@@ -279,9 +299,12 @@ class Decoder:
         if size > self.limits.max_body_bytes:
             raise DecodeError(f"body of {size} bytes exceeds max_body_bytes")
         try:
-            body: bytes = context.decompress(payload, max_output_size=size)
+            stream = context.decompressobj()
+            body: bytes = stream.decompress(payload)
         except zstandard.ZstdError as exc:
             raise DecodeError(f"corrupt zstd payload: {exc}") from None
+        if stream.unused_data:
+            raise DecodeError("bytes after the zstd frame")
         if len(body) != size:
             raise DecodeError("zstd payload shorter than its declared size")
         return body
@@ -296,14 +319,18 @@ class Decoder:
                 raw=False,
                 use_list=True,
                 strict_map_key=True,
+                list_hook=_ItemBudget(limits),
                 max_str_len=limits.max_string_bytes,
                 max_bin_len=limits.max_body_bytes,
                 max_array_len=limits.max_readings + 64,
                 max_map_len=64,
                 max_ext_len=0,
             )
+        except DecodeError:
+            raise
         except Exception as exc:
-            raise DecodeError(f"malformed msgpack body ({type(exc).__name__}: {exc})") from None
+            reason = f"{type(exc).__name__}: {_name_the_limit(str(exc))}"
+            raise DecodeError(f"malformed msgpack body ({reason})") from None
 
     def _batch(self, body: Any, dictionary: Dictionary | None) -> Batch:
         if type(body) is not list or len(body) < 2 or type(body[1]) is not list:
@@ -322,6 +349,38 @@ class Decoder:
         if len({c.metric for c in columns}) != len(columns):
             raise DecodeError("a metric appears twice in the batch")
         return Batch._trusted(device_id, tuple(columns))
+
+
+class _ItemBudget:
+    """msgpack ``list_hook``: stop a body with more arrays or items than a valid one can hold.
+
+    Without it a small zstd frame could expand into millions of empty arrays, each a Python
+    list, before any check on metrics or readings runs.
+    """
+
+    __slots__ = ("arrays", "items")
+
+    def __init__(self, limits: Limits) -> None:
+        self.arrays = 16 * limits.max_metrics + 16
+        self.items = 4 * limits.max_readings + 16 * limits.max_metrics + 64
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        self.arrays -= 1
+        self.items -= len(items)
+        if self.arrays < 0 or self.items < 0:
+            raise DecodeError("body holds more arrays or items than max_readings allows")
+        return items
+
+
+def _name_the_limit(message: str) -> str:
+    for msgpack_name, ours in (
+        ("max_array_len", "max_readings"),
+        ("max_str_len", "max_string_bytes"),
+        ("max_bin_len", "max_body_bytes"),
+    ):
+        if msgpack_name in message:
+            return f"{message} (the decoder's {ours} limit)"
+    return message
 
 
 def _name(check: Any, value: Any) -> str:

@@ -200,7 +200,9 @@ def pack_bits(values: list[int]) -> list[Any]:
 
 def unpack_bits(width: Any, flagged: Any, data: Any, count: int) -> list[int]:
     """Invert :func:`pack_bits`; raises :class:`DecodeError` for malformed input."""
-    if type(width) is not int or not 0 <= width <= 64 or flagged not in (0, 1):
+    if type(width) is not int or not 0 <= width <= 64 or type(flagged) is not int:
+        raise DecodeError("integer sequence: bad bit width")
+    if flagged not in (0, 1):
         raise DecodeError("integer sequence: bad bit width")
     if type(data) is not bytes or len(data) > 9 * count:
         raise DecodeError("integer sequence: bad bit-packed data")
@@ -208,6 +210,8 @@ def unpack_bits(width: Any, flagged: Any, data: Any, count: int) -> list[int]:
     if not flagged:
         if len(data) != (count * width + 7) // 8:
             raise DecodeError("integer sequence: bit-packed data of the wrong length")
+        if "1" in text[count * width :]:
+            raise DecodeError("integer sequence: bit-packed padding must be zero")
         if not width:
             return [0] * count
         return [int(text[i : i + width], 2) for i in range(0, count * width, width)]
@@ -224,8 +228,8 @@ def unpack_bits(width: Any, flagged: Any, data: Any, count: int) -> list[int]:
                 raise DecodeError("integer sequence: bit-packed data ends early")
             values.append(int(chunk, 2))
             pos += 1 + width
-    if (pos + 7) // 8 != len(data):
-        raise DecodeError("integer sequence: bit-packed data of the wrong length")
+    if (pos + 7) // 8 != len(data) or "1" in text[pos:]:
+        raise DecodeError("integer sequence: bit-packed data of the wrong length or padding")
     return values
 
 
@@ -348,6 +352,8 @@ def decode_ints(encoded: Any, count: int, *, signed: bool = True) -> list[int]:
         values = [encoded]
     elif type(encoded) is not list or len(encoded) < 2:
         raise DecodeError("integer sequence: expected an encoding array")
+    elif type(encoded[0]) is not int:
+        raise DecodeError(f"integer sequence: unknown or malformed encoding {encoded[0]!r}")
     elif encoded[0] in (LANES, BITS) and len(encoded) >= 4:
         return _decode_lanes(encoded, count)  # 64-bit lanes: in the int64 range by design
     elif encoded[0] == PROGRESSION and len(encoded) == 3:
@@ -416,6 +422,8 @@ def _decode_divided(encoded: list[Any], count: int) -> list[int]:
     """``inner * divisor + remainder``, computed on all lanes at once (see :func:`_divided`)."""
     _, divisor, remainder, inner = encoded
     if type(divisor) is not int or type(remainder) is not int or not 0 <= remainder < divisor:
+        raise DecodeError("integer sequence: bad divisor or remainder")
+    if divisor < 2:
         raise DecodeError("integer sequence: bad divisor or remainder")
     if type(inner) is not list or len(inner) < 4 or inner[0] not in (LANES, BITS):
         raise DecodeError("integer sequence: a divided sequence holds lanes")

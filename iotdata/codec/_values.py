@@ -46,7 +46,7 @@ from iotdata.codec._ints import (
     unpack_lanes,
 )
 from iotdata.errors import DecodeError
-from iotdata.model import Value
+from iotdata.model import MAX_STRING_LENGTH, Value
 
 __all__ = ["decode_values", "encode_values"]
 
@@ -207,7 +207,7 @@ def decode_values(encoded: Any, count: int) -> list[Value]:
     if type(encoded) is not list:
         if count != 1 or type(encoded) not in _PLAIN_TYPES:
             raise DecodeError("value column: a bare value stands for exactly one reading")
-        return [encoded]
+        return _plain([encoded])
     if len(encoded) < 2 or type(encoded[0]) is not int:
         raise DecodeError("value column: expected an encoding array")
     decoder = _DECODERS.get(encoded[0])
@@ -270,6 +270,7 @@ def _decode_strings(encoded: list[Any], count: int) -> list[Value]:
     _, table, ints = _shape(encoded, 3)
     if type(table) is not list or set(map(type, table)) - {str}:
         raise DecodeError("value column: a string table must hold strings")
+    _check_lengths(table)
     index = decode_ints(ints, count)
     if index and (min(index) < 0 or max(index) >= len(table)):
         raise DecodeError("value column: string index out of the table")
@@ -277,9 +278,20 @@ def _decode_strings(encoded: list[Any], count: int) -> list[Value]:
 
 
 def _plain(values: Any) -> list[Value]:
-    if type(values) is not list or not set(map(type, values)) <= _PLAIN_TYPES:
+    if type(values) is not list:
+        raise DecodeError("value column: plain values must be an array")
+    kinds = set(map(type, values))
+    if not kinds <= _PLAIN_TYPES:
         raise DecodeError("value column: plain values must be float, int, bool, str or nil")
+    if str in kinds:
+        _check_lengths([v for v in values if type(v) is str])
     return values
+
+
+def _check_lengths(strings: list[str]) -> None:
+    """Decoded strings obey the model's limit, as strings in a constructed batch do."""
+    if strings and max(map(len, strings)) > MAX_STRING_LENGTH:
+        raise DecodeError(f"value column: string over {MAX_STRING_LENGTH} characters")
 
 
 def _decode_plain(encoded: list[Any], count: int) -> list[Value]:
