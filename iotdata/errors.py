@@ -18,6 +18,9 @@ __all__ = [
     "EncodeError",
     "InvalidInputError",
     "IotDataError",
+    "QueueClosedError",
+    "QueueFullError",
+    "QueueStorageError",
 ]
 
 
@@ -72,3 +75,21 @@ class ConnectionLostError(IotDataError):
 
 class EdgeOperatorError(IotDataError):
     """An edge operator failed; the message names the step and the reading (cause in __cause__)."""
+
+
+class QueueFullError(IotDataError):
+    """The queue has no room for a put (``Overflow.RAISE``, or a ``BLOCK`` that timed out).
+
+    Retriable: room comes back as the broker acknowledges readings.
+    """
+
+    retriable = True
+
+
+class QueueClosedError(ClosedError):
+    """The queue was closed (by its owner); blocked and later calls raise this."""
+
+
+class QueueStorageError(IotDataError):
+    """The queue's SQLite file cannot be used: in use by another queue, not a queue file,
+    unreadable, or the disk is full. The SQLite error is the ``__cause__``."""

@@ -38,6 +38,8 @@ class PrivateBroker:
     port: int = attrs.field(factory=free_port)
     extra_config: str = ""
     scheme: str = "mqtt"
+    #: Keep sessions and queued messages across a clean stop and start.
+    persistent: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,11 +49,17 @@ class PrivateBroker:
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         config = self.folder / "mosquitto.conf"
+        persistence = (
+            f"persistence true\npersistence_location {self.folder}/\nautosave_interval 1\n"
+            if self.persistent
+            else "persistence false\n"
+        )
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"user {getpass.getuser()}\n"
-            "persistence false\n"
+            f"{persistence}"
             "allow_anonymous true\n"
+            "max_queued_messages 100000\n"
             f"log_dest file {self.folder / 'mosquitto.log'}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"{self.extra_config}\n"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -36,3 +38,30 @@ def test_codec_benchmark_quick_run_writes_json(tmp_path: Path, nab_dir: Path) ->
     metrics = {r["metric"] for r in records if r["impl"] == "iotdata"}
     assert metrics == {"bytes_per_reading", "encode_per_s", "decode_per_s"}
     assert all(r["value"] > 0 for r in records if r["impl"] == "iotdata")
+
+
+@pytest.mark.mqtt
+def test_device_benchmark_quick_run_writes_json(tmp_path: Path, mqtt_url: str) -> None:
+    out = tmp_path / "device.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/device.py",
+            "--readings",
+            "300",
+            "--mqtt",
+            mqtt_url,
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = {(r["case"], r["impl"], r["metric"]): r["value"] for r in json.loads(out.read_text())}
+    assert records["device_vs_paho", "ratio", "readings_per_s"] > 0
+    assert records["enqueue_put100", "iotdata", "readings_per_s"] > 0
+    assert records["idle", "iotdata", "rss_bytes"] > 1_000_000

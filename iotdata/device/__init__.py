@@ -2,9 +2,12 @@
 
 Edge operators (:class:`Deadband`, :class:`Downsample`, :class:`RateLimit`, :class:`Filter`,
 :class:`Map`, chained with :class:`Pipeline`) shape readings before they are queued. The
-durable queue and the ``DeviceClient`` build on them (work in progress, issue 3).
+durable queue (:class:`ReadingQueue`) keeps accepted readings until the broker acknowledged
+them, and :class:`DeviceClient` ties it together: ``send``, batching, the MQTT connection,
+commands and configuration.
 """
 
+from iotdata.device._client import DeviceClient, DeviceStats
 from iotdata.device._operators import (
     AGGREGATIONS,
     Deadband,
@@ -16,17 +19,33 @@ from iotdata.device._operators import (
     Pipeline,
     RateLimit,
 )
-from iotdata.errors import EdgeOperatorError
+from iotdata.device._queue import Lease, Overflow, QueueConfig, QueueStats, ReadingQueue
+from iotdata.errors import (
+    EdgeOperatorError,
+    QueueClosedError,
+    QueueFullError,
+    QueueStorageError,
+)
 
 __all__ = [
     "AGGREGATIONS",
     "Deadband",
+    "DeviceClient",
+    "DeviceStats",
     "Downsample",
     "EdgeOperator",
     "EdgeOperatorError",
     "EdgeReading",
     "Filter",
+    "Lease",
     "Map",
+    "Overflow",
     "Pipeline",
+    "QueueClosedError",
+    "QueueConfig",
+    "QueueFullError",
+    "QueueStats",
+    "QueueStorageError",
     "RateLimit",
+    "ReadingQueue",
 ]

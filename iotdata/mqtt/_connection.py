@@ -227,7 +227,6 @@ class MqttConnection:
         self._subscriptions[topic_filter] = (qos, handler)
         client = self._client
         if client is not None and self._connected.is_set():
-            client.message_callback_add(topic_filter, _handler_adapter(handler))
             client.subscribe(topic_filter, qos)
 
     def in_flight(self) -> int:
@@ -319,8 +318,7 @@ class MqttConnection:
         self._client = client
         self._last_error = None
         self._stats["connects"] += 1
-        for topic_filter, (qos, handler) in self._subscriptions.items():
-            client.message_callback_add(topic_filter, _handler_adapter(handler))
+        for topic_filter, (qos, _) in self._subscriptions.items():
             client.subscribe(topic_filter, qos)
         self._connected.set()
         log.info("connected to %s as %s", settings.url, self.client_id)
@@ -410,6 +408,9 @@ class MqttConnection:
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_log = self._on_log
+        # One dispatcher over the current subscriptions, set before connecting: a resumed
+        # session's queued messages may come with the CONNACK.
+        client.on_message = self._on_message
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -447,6 +448,14 @@ class MqttConnection:
         error = None if code < 0x80 else ConnectionLostError(f"broker refused message: {reason}")
         delivery._finish(error)
 
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        for topic_filter, (_, handler) in list(self._subscriptions.items()):
+            if paho.topic_matches_sub(_matching(topic_filter), message.topic):
+                try:
+                    handler(message)
+                except Exception:
+                    log.exception("handler for %s failed", message.topic)
+
     def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
         if level == paho.MQTT_LOG_ERR and self._socket_error is None:
             # paho reports socket and TLS errors only this way; the first is the cause
@@ -476,11 +485,8 @@ def _release(client: paho.Client) -> None:
         log.debug("releasing an MQTT client", exc_info=True)
 
 
-def _handler_adapter(handler: Handler) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
-    def deliver(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            handler(message)
-        except Exception:
-            log.exception("handler for %s failed", message.topic)
-
-    return deliver
+def _matching(topic_filter: str) -> str:
+    """The filter a shared subscription (``$share/group/filter``) matches topics with."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter

@@ -229,3 +229,24 @@ def test_tls_without_the_right_ca_is_refused(
         pytest.raises(iotdata.AuthenticationError, match="certificate verify failed"),
     ):
         connection.wait_connected(5)
+
+
+def test_a_resumed_session_delivers_what_was_queued_while_away(
+    private_broker: PrivateBroker, unique_name: str
+) -> None:
+    """Messages queued for a persistent session arrive with the CONNACK: none may be lost."""
+    inbox = Inbox()
+    session = {"clean_start": False, "session_expiry": 600}
+    with connect(private_broker.url, f"{unique_name}-cloud", **session) as cloud:
+        cloud.wait_connected(10)
+        cloud.subscribe(f"{unique_name}/#", inbox)
+        time.sleep(0.3)
+    with connect(private_broker.url, unique_name) as device:  # the cloud side is away
+        device.wait_connected(10)
+        for i in range(20):
+            device.publish(f"{unique_name}/t", b"%d" % i).wait(10)
+    with connect(private_broker.url, f"{unique_name}-cloud", **session) as cloud:
+        cloud.subscribe(f"{unique_name}/#", inbox)  # registered before connecting
+        cloud.wait_connected(10)
+        received = inbox.wait_for(20)
+    assert sorted(int(p) for _, p in received) == list(range(20))

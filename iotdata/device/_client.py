@@ -1,0 +1,551 @@
+"""DeviceClient: telemetry from one device that never loses an accepted reading.
+
+``send`` validates a reading, passes it through the edge operators and puts what comes out
+into the durable queue, committed to disk before ``send`` returns. A sender thread takes
+batches from the queue (by size, or after ``linger`` seconds), encodes them with the codec,
+splits them below the broker's packet limit and publishes them at QoS 1. A batch leaves the
+queue when the broker acknowledged all of its messages; when the connection drops first it
+goes back and is sent again after reconnecting. So a reading can arrive twice, never zero
+times; ``(device_id, seq)`` tells the copies apart downstream.
+
+One implementation serves plain scripts and asyncio: the blocking methods have ``a``-prefixed
+twins that run them in a worker thread, so an event loop never waits on disk or network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import paho.mqtt.client as paho
+
+from iotdata import codec
+from iotdata.device._operators import EdgeOperator, EdgeReading
+from iotdata.device._queue import Lease, QueueConfig, QueueStats, ReadingQueue
+from iotdata.errors import ClosedError, ConnectionLostError, InvalidInputError
+from iotdata.model import Batch, Column, Value, validate_device_id
+from iotdata.mqtt import Delivery, MqttConnection, MqttSettings, Topics, Will
+
+__all__ = ["DeviceClient", "DeviceStats"]
+
+log = logging.getLogger("iotdata.device")
+
+_T = TypeVar("_T")
+CommandHandler = Callable[[Any], Any]
+ConfigHandler = Callable[[Mapping[str, Any], int], None]
+
+
+@attrs.frozen
+class DeviceStats:
+    """A snapshot of a device client."""
+
+    #: Readings stored in the queue, in flight included.
+    queued: int
+    #: Readings published and not yet acknowledged.
+    in_flight: int
+    #: Readings the broker acknowledged since the client started.
+    acknowledged: int
+    #: Readings dropped by the queue's overflow policy or its max_age.
+    dropped: int
+    #: Readings the edge operators held back or dropped.
+    edge_dropped: int
+    #: Connections after the first one.
+    reconnects: int
+    connected: bool
+    last_error: str | None
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _check_reading(metric: str, value: object, ts: int) -> tuple[str, int, Value]:
+    """Validate one reading as a batch would, at the call that receives it."""
+    column = Column(metric, (ts,), (value,), (0,))
+    return metric, ts, column.values[0]
+
+
+@attrs.define
+class _Sending:
+    """One lease on its way: acked when every message of it is, released on any failure."""
+
+    lease: Lease
+    waiting: int
+    failed: bool = False
+
+
+@attrs.define
+class DeviceClient:
+    """The client of one device. Build it with :meth:`connect`; close it (or use ``with``).
+
+    >>> client = DeviceClient.connect("pump-7", "mqtt://127.0.0.1:1883",
+    ...                               queue=QueueConfig(path="pump-7.queue"))  # doctest: +SKIP
+    >>> client.send("temp", 21.5)  # doctest: +SKIP
+    """
+
+    device_id: str
+    settings: MqttSettings
+    queue: ReadingQueue
+    topics: Topics = attrs.field(factory=Topics)
+    edge: EdgeOperator | None = None
+    dictionary: codec.Dictionary | None = None
+    batch_size: int = 1000
+    linger: float = 0.5
+    max_in_flight: int = 8
+    clock: Callable[[], int] = _now_us
+    _connection: MqttConnection | None = attrs.field(default=None, init=False)
+    _encoder: codec.Encoder = attrs.field(init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _edge_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _wake: threading.Condition = attrs.field(init=False)
+    _sending: dict[int, _Sending] = attrs.field(factory=dict, init=False)
+    _acknowledged: int = attrs.field(default=0, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _flushing: int = attrs.field(default=0, init=False)
+    _sender: threading.Thread | None = attrs.field(default=None, init=False)
+    _commands: dict[str, CommandHandler] = attrs.field(factory=dict, init=False)
+    _config_handler: ConfigHandler | None = attrs.field(default=None, init=False)
+    _config_version: int | None = attrs.field(default=None, init=False)
+    _config_pending: tuple[Any, int] | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        if type(self.batch_size) is not int or self.batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.linger < 0 or self.max_in_flight < 1:
+            raise InvalidInputError("linger must be >= 0 and max_in_flight >= 1")
+        self._encoder = codec.Encoder(dictionary=self.dictionary)
+        self._wake = threading.Condition(self._lock)
+
+    # ------------------------------------------------------------------ life cycle
+
+    @classmethod
+    def connect(
+        cls,
+        device_id: str,
+        mqtt: str | MqttSettings,
+        *,
+        queue: QueueConfig | None = None,
+        **options: Any,
+    ) -> DeviceClient:
+        """Open the queue, start connecting (in the background) and start sending.
+
+        ``mqtt`` is a URL (``mqtt://host:1883``, ``mqtts://...``) or :class:`MqttSettings`.
+        ``queue`` says where the durable queue lives (memory-only when ``path`` is None).
+        Other options: ``topics``, ``edge``, ``dictionary``, ``batch_size``, ``linger``,
+        ``max_in_flight``, and ``backoff`` (a tenacity wait) for the reconnect loop.
+        """
+        settings = MqttSettings.from_url(mqtt) if isinstance(mqtt, str) else mqtt
+        backoff = options.pop("backoff", None)
+        store = ReadingQueue.open(validate_device_id(device_id), queue or QueueConfig())
+        try:
+            client = cls(device_id, settings, store, **options)
+            client._start(backoff)
+        except BaseException:
+            store.close()
+            raise
+        return client
+
+    def _start(self, backoff: Any) -> None:
+        will = Will(self.topics.state(self.device_id), _state(online=False), retain=True)
+        extra = {"backoff": backoff} if backoff is not None else {}
+        self._connection = MqttConnection.start(
+            self.settings,
+            self.device_id,
+            will=will,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            **extra,
+        )
+        self._connection.subscribe(self.topics.commands(self.device_id), self._on_command)
+        self._connection.subscribe(self.topics.config_desired(self.device_id), self._on_config)
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"iotdata-device-{self.device_id}", daemon=True
+        )
+        self._sender.start()
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until connected; raises why not (``ConnectError``, ``AuthenticationError``)."""
+        self._live_connection().wait_connected(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush the edge operators, send what can be sent within ``timeout``, say goodbye.
+
+        Unsent readings stay in a durable queue for the next run. Safe to call twice.
+        """
+        with self._lock:
+            if self._closing:
+                return
+        try:
+            self._put(self._edge_call(lambda edge: edge.flush()))
+            if self.connected:
+                self.flush(timeout)
+        except TimeoutError:
+            log.warning("closing %s with readings still queued", self.device_id)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+        connection = self._connection
+        if connection is not None and connection.connected:
+            try:
+                state = self.topics.state(self.device_id)
+                connection.publish(state, _state(online=False), retain=True).wait(2)
+            except Exception:  # best effort: the last will covers a missed goodbye
+                log.debug("offline state not acknowledged", exc_info=True)
+        if self._sender is not None:
+            self._sender.join(5)
+        if connection is not None:
+            connection.close()
+        self.queue.close()
+        self._closed = True
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> DeviceClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, metric: str, value: Value, ts: int | None = None) -> int | None:
+        """Accept one reading: on disk (or in memory) before this returns.
+
+        ``ts`` is in microseconds since the epoch (now by default). Returns the seq of the first
+        reading the edge operators passed on, or None when they held it back.
+        """
+        reading = _check_reading(metric, value, self.clock() if ts is None else ts)
+        return self._put(self._edge_process(reading))
+
+    def send_many(
+        self, readings: Iterable[tuple[str, Value] | tuple[str, Value, int]]
+    ) -> int | None:
+        """Accept several ``(metric, value[, ts])`` readings in one durable write."""
+        now = self.clock()
+        out: list[tuple[str, int, Value]] = []
+        for reading in readings:
+            ts = reading[2] if len(reading) > 2 else now
+            checked = _check_reading(reading[0], reading[1], ts)
+            out.extend(self._edge_process(checked))
+        return self._put(out)
+
+    def _edge_process(self, reading: tuple[str, int, Value]) -> list[tuple[str, int, Value]]:
+        if self.edge is None:
+            return [reading]
+        with self._edge_lock:
+            return [tuple(r) for r in self.edge.process(EdgeReading(*reading))]  # type: ignore[misc]
+
+    def _edge_call(self, call: Callable[[EdgeOperator], Any]) -> list[tuple[str, int, Value]]:
+        """Run ``tick`` or ``flush`` of the edge operators, if any."""
+        if self.edge is None:
+            return []
+        with self._edge_lock:
+            return [tuple(r) for r in call(self.edge)]
+
+    def _put(self, readings: list[tuple[str, int, Value]]) -> int | None:
+        if self._closed:
+            raise ClosedError(f"device client {self.device_id} is closed")
+        if not readings:
+            return None
+        first = self.queue.put(readings)
+        with self._lock:
+            self._wake.notify_all()
+        return first
+
+    def tick(self, now: int | None = None) -> int | None:
+        """Let time-driven edge operators emit (heartbeats, closed windows); call periodically."""
+        moment = self.clock() if now is None else now
+        return self._put(self._edge_call(lambda edge: edge.tick(moment)))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every queued reading was acknowledged; ``TimeoutError`` if not in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._flushing += 1
+            self._wake.notify_all()
+        try:
+            while self.queue.statistics().queued:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{self.queue.statistics().queued} readings still queued")
+                with self._lock:
+                    if self._closed:
+                        raise ClosedError(f"device client {self.device_id} is closed")
+                    self._wake.wait(0.05 if left is None else min(left, 0.05))
+        finally:
+            with self._lock:
+                self._flushing -= 1
+
+    async def asend(self, metric: str, value: Value, ts: int | None = None) -> int | None:
+        return await _in_thread(self.send, metric, value, ts)
+
+    async def asend_many(
+        self, readings: Iterable[tuple[str, Value] | tuple[str, Value, int]]
+    ) -> int | None:
+        return await _in_thread(self.send_many, list(readings))
+
+    async def aflush(self, timeout: float | None = None) -> None:
+        await _in_thread(self.flush, timeout)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        await _in_thread(self.close, timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected
+
+    def statistics(self) -> DeviceStats:
+        queue: QueueStats = self.queue.statistics()
+        connection = self._live_connection().statistics()
+        edge = self.edge.statistics() if self.edge is not None else {}
+        return DeviceStats(
+            queued=queue.queued,
+            in_flight=queue.in_flight,
+            acknowledged=self._acknowledged,
+            dropped=queue.dropped + queue.expired,
+            edge_dropped=int(edge.get("received", 0)) - int(edge.get("emitted", 0)),
+            reconnects=max(connection.connects - 1, 0),
+            connected=connection.connected,
+            last_error=connection.last_error,
+        )
+
+    def _live_connection(self) -> MqttConnection:
+        if self._connection is None:
+            raise ClosedError(f"device client {self.device_id} is not started")
+        return self._connection
+
+    # ------------------------------------------------------------------ the sender thread
+
+    def _send_loop(self) -> None:
+        try:
+            self._send_batches()
+        except ClosedError:  # the queue closed under us: only on shutdown
+            log.debug("sender of %s stopped: queue closed", self.device_id)
+        except Exception:
+            log.exception("sender of %s failed", self.device_id)
+
+    def _send_batches(self) -> None:
+        waiting_since: float | None = None
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                busy = len(self._sending) >= self.max_in_flight or not self.connected
+                flushing = self._flushing > 0
+            if busy:
+                self._pause(0.05)
+                continue
+            stats = self.queue.statistics()
+            pending = stats.queued - stats.in_flight
+            if pending <= 0:
+                waiting_since = None
+                self.queue.wait(0.1)
+                continue
+            now = time.monotonic()
+            waiting_since = waiting_since or now
+            if pending < self.batch_size and not flushing and now - waiting_since < self.linger:
+                self._pause(min(0.05, self.linger))
+                continue
+            lease = self.queue.take(self.batch_size)
+            waiting_since = None
+            if lease is not None:
+                self._publish(lease)
+
+    def _pause(self, seconds: float) -> None:
+        with self._lock:
+            if not self._closing:
+                self._wake.wait(seconds)
+
+    def _publish(self, lease: Lease) -> None:
+        connection = self._live_connection()
+        topic = self.topics.telemetry(self.device_id)
+        frames = self._frames(lease.batch, connection.max_packet_size - len(topic) - 32)
+        sending = _Sending(lease, len(frames))
+        with self._lock:
+            self._sending[lease.id] = sending
+        for frame in frames:
+            try:
+                delivery = connection.publish(topic, frame, qos=1)
+            except (ConnectionLostError, ClosedError) as exc:
+                self._finish(sending, exc)
+                return
+            delivery.add_done_callback(self._settle(sending))
+
+    def _settle(self, sending: _Sending) -> Callable[[Delivery], None]:
+        return lambda delivery: self._finish(sending, delivery.error())
+
+    def _frames(self, batch: Batch, limit: int) -> list[bytes]:
+        """Encoded frames of ``batch``, halving it until each fits ``limit`` bytes."""
+        frame = self._encoder.encode(batch)
+        if len(frame) <= limit:
+            return [frame]
+        halves = _halves(batch)
+        if halves is None:
+            raise InvalidInputError(f"one reading encodes to {len(frame)} bytes, over {limit}")
+        return [f for half in halves for f in self._frames(half, limit)]
+
+    def _finish(self, sending: _Sending, error: BaseException | None) -> None:
+        """One message of a lease done: ack the lease after the last, release it on failure."""
+        with self._lock:
+            sending.waiting -= 1
+            sending.failed = sending.failed or error is not None
+            if sending.waiting > 0 and not sending.failed:
+                return
+            if self._sending.pop(sending.lease.id, None) is None:
+                return  # settled already (a failure before the last ack)
+        if sending.failed:
+            self.queue.release(sending.lease)
+        else:
+            self.queue.ack(sending.lease)
+            with self._lock:
+                self._acknowledged += sending.lease.readings
+        with self._lock:
+            self._wake.notify_all()
+
+    # ------------------------------------------------------------------ connection events
+
+    def _on_connect(self) -> None:
+        connection = self._live_connection()
+        state = self.topics.state(self.device_id)
+        with contextlib.suppress(ConnectionLostError):
+            connection.publish(state, _state(online=True), retain=True)
+        with self._lock:
+            self._wake.notify_all()
+
+    def _on_disconnect(self) -> None:
+        # Deliveries in flight fail and release their leases; make sure nothing is left lent.
+        with self._lock:
+            lent, self._sending = list(self._sending.values()), {}
+        for sending in lent:
+            self.queue.release(sending.lease)
+
+    # ------------------------------------------------------------------ commands and config
+
+    def command(self, name: str) -> Callable[[CommandHandler], CommandHandler]:
+        """Register ``handler(args) -> result`` for the command ``name`` (a decorator).
+
+        The cloud publishes ``{"id": ..., "args": ...}`` to ``.../commands/{name}``; the result
+        (or the error) goes to ``.../commands/{name}/result`` with the same id.
+        """
+        self.topics.command(self.device_id, name)  # validates the name
+
+        def register(handler: CommandHandler) -> CommandHandler:
+            self._commands[name] = handler
+            return handler
+
+        return register
+
+    def on_config(self, handler: ConfigHandler) -> ConfigHandler:
+        """Register ``handler(config, version)`` for the desired configuration (a decorator).
+
+        The retained desired document arrives at every connection, so a device that was
+        offline during a change still applies it. After the handler returns, the applied
+        version is published (retained) to ``.../config/reported``.
+        """
+        self._config_handler = handler
+        pending, self._config_pending = self._config_pending, None
+        if pending is not None:  # it arrived before the handler did
+            self._apply_config(*pending)
+        return handler
+
+    def _on_command(self, message: paho.MQTTMessage) -> None:
+        parsed = self.topics.parse(message.topic)
+        if parsed is None or parsed[1] != "command" or parsed[2] is None:
+            return
+        name = parsed[2]
+        request: Any = None
+        try:
+            request = json.loads(message.payload)
+            handler = self._commands.get(name)
+            if handler is None:
+                raise LookupError(f"unknown command {name!r}")
+            reply = {"id": request.get("id"), "ok": True, "result": handler(request.get("args"))}
+        except Exception as exc:
+            log.warning("command %s failed: %s", name, exc)
+            ident = request.get("id") if isinstance(request, dict) else None
+            reply = {"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self._reply(self.topics.command_result(self.device_id, name), reply, retain=False)
+
+    def _on_config(self, message: paho.MQTTMessage) -> None:
+        try:
+            document = json.loads(message.payload)
+            version, config = int(document["version"]), document["config"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed desired configuration: %s", exc)
+            return
+        if self._config_handler is None:
+            self._config_pending = (config, version)
+            return
+        self._apply_config(config, version)
+
+    def _apply_config(self, config: Any, version: int) -> None:
+        if version == self._config_version or self._config_handler is None:
+            return
+        try:
+            self._config_handler(config, version)
+        except Exception as exc:
+            log.warning("configuration version %s not applied: %s", version, exc)
+            report = {"version": self._config_version, "rejected": version, "error": str(exc)}
+        else:
+            self._config_version = version
+            report = {"version": version, "config": config}
+        self._reply(self.topics.config_reported(self.device_id), report, retain=True)
+
+    def _reply(self, topic: str, document: Mapping[str, Any], *, retain: bool) -> None:
+        connection = self._live_connection()
+        try:
+            payload = json.dumps(document, default=str).encode()
+            connection.publish(topic, payload, qos=1, retain=retain)
+        except (ConnectionLostError, ClosedError):
+            log.warning("reply to %s lost with the connection", topic)
+
+
+def _state(*, online: bool) -> bytes:
+    return json.dumps({"online": online}).encode()
+
+
+def _halves(batch: Batch) -> tuple[Batch, Batch] | None:
+    """Split a batch in two with about half the readings each; None for a single reading."""
+    total = len(batch)
+    if total < 2:
+        return None
+    first: list[Column] = []
+    second: list[Column] = []
+    room = total // 2
+    for column in batch.columns:
+        size = len(column.ts)
+        take = min(size, room)
+        room -= take
+        if take:
+            first.append(_slice(column, 0, take))
+        if take < size:
+            second.append(_slice(column, take, size))
+    return Batch(batch.device_id, first), Batch(batch.device_id, second)
+
+
+def _slice(column: Column, start: int, stop: int) -> Column:
+    part = slice(start, stop)
+    return Column(column.metric, column.ts[part], column.values[part], column.seq[part])
+
+
+async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """Run a blocking method in a worker thread (asyncio is imported only by async callers)."""
+    import asyncio  # noqa: PLC0415 - keeps `import iotdata.device` light on devices
+
+    return await asyncio.to_thread(function, *args)
