@@ -9,6 +9,8 @@ What is measured, side by side in one run:
   reading into the durable queue (SQLite file, ``durability="normal"``), batched, encoded and
   published at QoS 1, timed until ``flush`` saw every reading acknowledged. The ratio is
   iotdata over paho.
+* ``device_send_many100``: the same delivery measurement with ``send_many`` of 100 readings
+  at a time (one durable write each), for applications that read sensors in groups.
 * ``enqueue``: the durable queue alone, readings per second through ``ReadingQueue.put`` of
   100 readings at a time and of 1 reading at a time (each put is one committed transaction).
 * ``idle``: resident memory of a connected, idle client (a fresh process), and the time of
@@ -78,15 +80,21 @@ def paho_rate(url: str, count: int) -> float:
         client.disconnect()
 
 
-def device_rate(url: str, count: int, folder: Path) -> float:
-    """DeviceClient.send per reading, durable queue on, until every reading is acknowledged."""
-    queue = QueueConfig(path=folder / "bench.queue", max_bytes=1 << 30)
-    with DeviceClient.connect("bench-device", url, queue=queue, topics=Topics("bench")) as client:
+def device_rate(url: str, count: int, folder: Path, group: int = 1) -> float:
+    """DeviceClient.send per reading (or send_many of ``group``), durable queue on, until every
+    reading is acknowledged."""
+    queue = QueueConfig(path=folder / f"bench{group}.queue", max_bytes=1 << 30)
+    device = f"bench-device-{group}"
+    with DeviceClient.connect(device, url, queue=queue, topics=Topics("bench")) as client:
         client.wait_connected(10)
-        readings = values(count)
+        readings = [("temp", v, BASE_TS + i) for i, v in enumerate(values(count))]
         started = time.perf_counter()
-        for i, value in enumerate(readings):
-            client.send("temp", value, ts=BASE_TS + i)
+        if group == 1:
+            for metric, value, ts in readings:
+                client.send(metric, value, ts=ts)
+        else:
+            for start in range(0, count, group):
+                client.send_many(readings[start : start + group])
         client.flush(120)
         elapsed = time.perf_counter() - started
         if client.statistics().acknowledged != count:
@@ -176,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print("delivered readings/s at QoS 1 ...", file=sys.stderr)
         paho_per_s = paho_rate(args.mqtt, args.readings)
         device_per_s = device_rate(args.mqtt, args.readings, folder)
+        many_per_s = device_rate(args.mqtt, args.readings * 5, folder, group=100)
         print("durable enqueue ...", file=sys.stderr)
         put100 = enqueue_rate(folder, 200_000, 100)
         put1 = enqueue_rate(folder, 20_000, 1)
@@ -186,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         record("device_vs_paho", "paho", "readings_per_s", paho_per_s),
         record("device_vs_paho", "iotdata", "readings_per_s", device_per_s),
         record("device_vs_paho", "ratio", "readings_per_s", ratio),
+        record("device_send_many100", "iotdata", "readings_per_s", many_per_s),
+        record("device_send_many100", "ratio", "readings_per_s", many_per_s / paho_per_s),
         record("enqueue_put100", "iotdata", "readings_per_s", put100),
         record("enqueue_put1", "iotdata", "readings_per_s", put1),
         record("idle", "iotdata", "rss_bytes", rss),
@@ -195,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Device benchmark against {args.mqtt}, {args.readings} readings, QoS 1")
     print(f"  paho, one JSON message per reading:  {_common.format_rate(paho_per_s)} readings/s")
     print(f"  iotdata DeviceClient, durable queue: {_common.format_rate(device_per_s)} readings/s")
+    print(
+        f"  iotdata DeviceClient, send_many(100): {_common.format_rate(many_per_s)} readings/s"
+        f" ({many_per_s / paho_per_s:.1f}x paho)"
+    )
     print(f"  durable enqueue, puts of 100:        {_common.format_rate(put100)} readings/s")
     print(f"  durable enqueue, puts of 1:          {_common.format_rate(put1)} readings/s")
     print(f"  idle connected client RSS:           {rss / 2**20:.1f} MiB")
