@@ -230,8 +230,12 @@ class DeviceClient:
         ``ts`` is in microseconds since the epoch (now by default). Returns the seq of the first
         reading the edge operators passed on, or None when they held it back.
         """
-        reading = _check_reading(metric, value, self.clock() if ts is None else ts)
-        return self._put(self._edge_process(reading))
+        moment = self.clock() if ts is None else ts
+        if self.edge is None:  # the fast path: the queue validates and journals one reading
+            if self._closed:
+                raise ClosedError(f"device client {self.device_id} is closed")
+            return self.queue.append(metric, moment, value)  # the sender polls for it
+        return self._put(self._edge_process(_check_reading(metric, value, moment)))
 
     def send_many(
         self, readings: Iterable[tuple[str, Value] | tuple[str, Value, int]]
@@ -264,9 +268,13 @@ class DeviceClient:
         if not readings:
             return None
         first = self.queue.put(readings)
+        self._notify_sender()
+        return first
+
+    def _notify_sender(self) -> None:
+        """Wake the sender when it may have to act now (a full batch, or a flush)."""
         with self._lock:
             self._wake.notify_all()
-        return first
 
     def tick(self, now: int | None = None) -> int | None:
         """Let time-driven edge operators emit (heartbeats, closed windows); call periodically."""

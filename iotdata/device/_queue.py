@@ -85,8 +85,10 @@ import logging
 import math
 import os
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -100,7 +102,7 @@ from iotdata.errors import (
     QueueFullError,
     QueueStorageError,
 )
-from iotdata.model import Batch, Column, Value, validate_device_id
+from iotdata.model import MAX_STRING_LENGTH, Batch, Column, Value, validate_device_id
 
 __all__ = [
     "Lease",
@@ -479,6 +481,75 @@ def _check_lease(lease: object) -> None:
         raise InvalidInputError(f"expected a Lease from ReadingQueue.take, got {lease!r}")
 
 
+_RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
+_PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+class _Journal:
+    """The intake journal: one appended record per single-reading append, absorbed in bulk.
+
+    A record is its length and CRC-32, then msgpack ``[seq, metric, ts, value]``. One
+    ``os.write`` per record reaches the operating system before ``append`` returns, so the
+    reading survives the death of the process as a committed WAL transaction does; with
+    ``durability="full"`` each record is also fsynced.
+    """
+
+    def __init__(self, path: str, sync: bool) -> None:
+        self.path = path
+        self.sync = sync
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, payload: bytes) -> None:
+        os.write(self.fd, _RECORD.pack(len(payload), zlib.crc32(payload)) + payload)
+        if self.sync:
+            os.fsync(self.fd)
+
+    def truncate(self) -> None:
+        os.ftruncate(self.fd, 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    @staticmethod
+    def read(path: str) -> list[tuple[int, str, int, Value]]:
+        """The records of a journal left by a previous run, up to the first torn one."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        records, pos = [], 0
+        while pos + _RECORD.size <= len(data):
+            size, crc = _RECORD.unpack_from(data, pos)
+            payload = data[pos + _RECORD.size : pos + _RECORD.size + size]
+            if len(payload) != size or zlib.crc32(payload) != crc:
+                break  # the tail of an append that never returned
+            seq, metric, ts, value = msgpack.unpackb(payload, raw=False)
+            records.append((seq, metric, ts, value))
+            pos += _RECORD.size + size
+        return records
+
+
+def _replay(store: _Store, records: list[tuple[int, str, int, Value]], now: float) -> None:
+    """Store the journal records newer than the stored rows (older ones were absorbed)."""
+    last = store.query(_LAST)
+    end = last[0][0] if last else -1
+    fresh = [r for r in records if r[0] >= end]
+    if not fresh:
+        return
+    rows = []
+    for start in range(0, len(fresh), _CHUNK_READINGS):
+        part = fresh[start : start + _CHUNK_READINGS]
+        frame = _Part.validated([(m, ts, v) for _, m, ts, v in part]).frame()
+        rows.append((part[0][0], len(part), len(frame), now, frame))
+    with store.transaction() as tx:
+        tx.executemany(_INSERT, rows)
+    log.info("recovered %d readings from %s", len(fresh), store.where)
+
+
 @attrs.define(eq=False, repr=False)
 class ReadingQueue:
     """The durable queue of one device's readings. Open it with :meth:`open`.
@@ -506,6 +577,11 @@ class ReadingQueue:
     _expired: int = attrs.field(default=0, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _last_warning: float = attrs.field(default=-math.inf, init=False)
+    _journal: _Journal | None = attrs.field(default=None, init=False)
+    _intake: list[tuple[str, int, Value]] = attrs.field(factory=list, init=False)
+    _intake_first: int = attrs.field(default=0, init=False)
+    _intake_bytes: int = attrs.field(default=0, init=False)
+    _names: set[str] = attrs.field(factory=set, init=False)
 
     @classmethod
     def open(
@@ -527,8 +603,11 @@ class ReadingQueue:
         if not isinstance(config, QueueConfig):
             raise InvalidInputError(f"config must be a QueueConfig, got {config!r}")
         store = _Store.open(config.path, config.durability)
+        journal_path = None if config.path is None else os.fspath(config.path) + "-intake"
         try:
             meta = store.attach(device_id)
+            if journal_path is not None:
+                _replay(store, _Journal.read(journal_path), clock())
             [(readings, size)] = store.query(_TOTALS)
             last = store.query(_LAST)
         except BaseException:
@@ -540,7 +619,11 @@ class ReadingQueue:
         if first is None:
             first = 0 if config.path is not None else int(clock() * 1_000_000)
         seq_limit = max(seq_limit, first)
-        return cls(device_id, config, store, clock, seq_limit, seq_limit, created, readings, size)
+        queue = cls(device_id, config, store, clock, seq_limit, seq_limit, created, readings, size)
+        if journal_path is not None:
+            queue._journal = _Journal(journal_path, sync=config.durability == "full")
+            queue._journal.truncate()  # what it held is in the store now
+        return queue
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._queued} readings"
@@ -570,6 +653,7 @@ class ReadingQueue:
         with self._cond:
             while True:
                 self._check_open()
+                self._absorb()  # rows go into the store in seq order
                 if not frames:
                     return self._next_seq
                 now = self._clock()
@@ -579,6 +663,80 @@ class ReadingQueue:
                 if self._fits(count - freed, size - freed_bytes):
                     return self._insert(frames, now, expired, dropped)
                 self._wait_for_room(deadline, count, size)
+
+    def append(self, metric: str, ts: int, value: Value) -> int:
+        """Store one reading; returns its seq. The fast path of ``put([(metric, ts, value)])``.
+
+        The reading is written to an append-only intake journal (one ``os.write``, as durable
+        against the death of the process as a committed transaction) and moved into the SQLite
+        store in bulk: when a thousand have gathered, and before anything reads the store.
+        Readings this path cannot take simply (memory-only queues, ``max_age``, a full queue,
+        values to normalise or refuse) go through :meth:`put`, with the same errors.
+        """
+        journal = self._journal
+        reading = (metric, ts, value)
+        if journal is None or self.config.max_age is not None or not self._plain(reading):
+            return self.put([reading])
+        with self._cond:
+            self._check_open()
+            seq = self._next_seq
+            payload = msgpack.packb([seq, metric, ts, value])
+            size = len(payload) + _RECORD.size
+            if not self._fits(1, size):
+                return self.put([reading])  # the overflow policy decides (the lock is reentrant)
+            if seq + 1 > self._seq_limit:
+                self._store.reserve(seq + 1 + _SEQ_RESERVATION)
+                self._seq_limit = seq + 1 + _SEQ_RESERVATION
+            journal.write(payload)
+            if not self._intake:
+                self._intake_first = seq
+            self._intake.append(reading)
+            self._intake_bytes += size
+            self._next_seq = seq + 1
+            self._queued += 1
+            self._queued_bytes += size
+            if len(self._intake) >= _CHUNK_READINGS:
+                self._absorb()
+            self._cond.notify_all()
+            return seq
+
+    def _plain(self, reading: tuple[str, int, Value]) -> bool:
+        """A cheap version of the model's checks; False sends the reading the careful way."""
+        metric, ts, value = reading
+        kind = type(value)
+        if type(ts) is not int or not -(2**63) <= ts < 2**63 or kind not in _PLAIN_TYPES:
+            return False
+        if kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:  # type: ignore[operator]
+            return False
+        if kind is str and len(value) > MAX_STRING_LENGTH:  # type: ignore[arg-type]
+            return False
+        if metric not in self._names:
+            try:
+                Column(metric, (), (), ())
+            except InvalidInputError:
+                return False
+            if len(self._names) < 4096:
+                self._names.add(metric)
+        return True
+
+    def _absorb(self) -> None:
+        """Move the intake into the store as rows (the lock is held)."""
+        if not self._intake:
+            return
+        journal = self._journal
+        assert journal is not None
+        rows, seq = [], self._intake_first
+        created = max(self._clock(), self._last_created)
+        for count, frame in _frames(self._intake):
+            rows.append((seq, count, len(frame), created, frame))
+            seq += count
+        with self._store.transaction() as tx:
+            tx.executemany(_INSERT, rows)
+        self._last_created = created
+        self._queued_bytes += sum(row[2] for row in rows) - self._intake_bytes
+        self._intake.clear()
+        self._intake_bytes = 0
+        journal.truncate()
 
     def take(self, max_readings: int, *, max_bytes: int | None = None) -> Lease | None:
         """Lend the oldest pending readings as one batch; None when nothing is pending.
@@ -591,6 +749,7 @@ class ReadingQueue:
             _check_limit("max_bytes", max_bytes)
         with self._cond:
             self._check_open()
+            self._absorb()
             self._expire(self._clock())
             chosen, cut = self._choose(max_readings, max_bytes)
             if not chosen:
@@ -673,11 +832,14 @@ class ReadingQueue:
         with self._cond:
             if self._closed:
                 return
+            self._absorb()
             self._closed = True
             self._leases.clear()
             self._in_flight = 0
             self._cond.notify_all()
             self._store.close(self._next_seq)
+            if self._journal is not None:
+                self._journal.close()
 
     # -- put ------------------------------------------------------------------------------
 

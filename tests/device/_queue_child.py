@@ -1,4 +1,5 @@
-"""Child process of the SIGKILL test in test_queue.py: puts (and acks) readings until killed.
+"""Child process of the SIGKILL test in test_queue.py: puts or appends (and acks) readings until
+killed.
 
 Usage: python _queue_child.py PATH DEVICE_ID DURABILITY SEED
 
@@ -25,9 +26,13 @@ def main() -> None:
         print("ready", flush=True)
         seq = queue.statistics().next_seq
         while True:
-            count = rng.randint(1, 20)
-            readings = [("temp", TS0 + (seq + k) * 1000, float(seq + k)) for k in range(count)]
-            first = queue.put(readings)
+            if rng.random() < 0.5:  # single readings go through the intake journal
+                count = 1
+                first = queue.append("temp", TS0 + seq * 1000, float(seq))
+            else:
+                count = rng.randint(1, 20)
+                readings = [("temp", TS0 + (seq + k) * 1000, float(seq + k)) for k in range(count)]
+                first = queue.put(readings)
             print(f"P {first} {count}", flush=True)
             seq = first + count
             if rng.random() < 0.1:

@@ -803,3 +803,66 @@ def _no_leaked_threads() -> Iterator[None]:
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threading.active_count() <= before
+
+
+# -- the intake journal (append) -------------------------------------------------------------
+
+
+def test_append_and_put_keep_seq_order_and_values(file_path: Path) -> None:
+    with open_queue(file_path) as queue:
+        assert queue.append("temp", TS0, 1.5) == 0
+        assert queue.put(make(3, start=1)) == 1
+        assert queue.append("state", TS0 + 9, "ok") == 4
+        assert queue.append("temp", TS0 + 10, float("nan")) == 5
+        lease = take(queue, 100)
+        assert [r.seq for r in sorted(lease.batch, key=lambda r: r.seq)] == list(range(6))
+        assert lease.batch.column("state").values == ("ok",)
+        queue.ack(lease)
+        assert queue.statistics().queued == 0
+
+
+def test_appended_readings_survive_a_reopen_without_close(file_path: Path) -> None:
+    """A process that dies leaves its journal behind; the next open stores what it holds."""
+    queue = open_queue(file_path)
+    seqs = [queue.append("temp", TS0 + i, float(i)) for i in range(10)]
+    journal = Path(f"{file_path}-intake")
+    assert journal.stat().st_size > 0
+    left_behind = journal.read_bytes()
+    queue.close()  # absorbs; now put the unabsorbed state back, as after a SIGKILL
+    conn = sqlite3.connect(file_path)
+    conn.execute("DELETE FROM chunks")
+    conn.commit()
+    conn.close()
+    journal.write_bytes(left_behind + left_behind[:7])  # and a torn record at the tail
+    with open_queue(file_path) as reopened:
+        lease = take(reopened, 100)
+        assert [r.seq for r in sorted(lease.batch, key=lambda r: r.seq)] == seqs
+        assert [r.value for r in sorted(lease.batch, key=lambda r: r.seq)] == [
+            float(i) for i in range(10)
+        ]
+    assert not journal.exists()  # removed by a clean close
+
+
+def test_append_refuses_and_normalises_like_put(path: Path | None) -> None:
+    class Celsius(float):
+        pass
+
+    with open_queue(path) as queue:
+        first = queue.append("temp", TS0, Celsius(2.5))
+        with pytest.raises(InvalidInputError):
+            queue.append("bad/name\n", TS0, 1.0)
+        with pytest.raises(InvalidInputError):
+            queue.append("temp", TS0, object())  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            queue.append("temp", 1.5, 1.0)  # type: ignore[arg-type]
+        lease = take(queue, 10)
+        assert [(r.seq, type(r.value)) for r in lease.batch] == [(first, float)]
+
+
+def test_append_respects_the_overflow_policy(file_path: Path) -> None:
+    with open_queue(file_path, max_readings=3, overflow=Overflow.RAISE) as queue:
+        for i in range(3):
+            queue.append("temp", TS0 + i, float(i))
+        with pytest.raises(QueueFullError):
+            queue.append("temp", TS0 + 3, 3.0)
+        assert queue.statistics().queued == 3
