@@ -30,7 +30,15 @@ from iotdata.device._operators import EdgeOperator, EdgeReading
 from iotdata.device._queue import Lease, QueueConfig, QueueStats, ReadingQueue
 from iotdata.errors import ClosedError, ConnectionLostError, InvalidInputError
 from iotdata.model import Batch, Column, Value, validate_device_id
-from iotdata.mqtt import Delivery, MqttConnection, MqttSettings, Topics, Will
+from iotdata.mqtt import (
+    Delivery,
+    LocalBroker,
+    LocalConnection,
+    MqttConnection,
+    MqttSettings,
+    Topics,
+    Will,
+)
 
 __all__ = ["DeviceClient", "DeviceStats"]
 
@@ -90,7 +98,7 @@ class DeviceClient:
     """
 
     device_id: str
-    settings: MqttSettings
+    settings: MqttSettings | LocalBroker
     queue: ReadingQueue
     topics: Topics = attrs.field(factory=Topics)
     edge: EdgeOperator | None = None
@@ -99,7 +107,7 @@ class DeviceClient:
     linger: float = 0.5
     max_in_flight: int = 8
     clock: Callable[[], int] = _now_us
-    _connection: MqttConnection | None = attrs.field(default=None, init=False)
+    _connection: MqttConnection | LocalConnection | None = attrs.field(default=None, init=False)
     _encoder: codec.Encoder = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _edge_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -130,19 +138,22 @@ class DeviceClient:
     def connect(
         cls,
         device_id: str,
-        mqtt: str | MqttSettings,
+        mqtt: str | MqttSettings | LocalBroker,
         *,
         queue: QueueConfig | None = None,
         **options: Any,
     ) -> DeviceClient:
         """Open the queue, start connecting (in the background) and start sending.
 
-        ``mqtt`` is a URL (``mqtt://host:1883``, ``mqtts://...``) or :class:`MqttSettings`.
+        ``mqtt`` is a URL (``mqtt://host:1883``, ``mqtts://...``), :class:`MqttSettings`, or
+        an in-process :class:`~iotdata.mqtt.LocalBroker` (no network: the embedded default).
         ``queue`` says where the durable queue lives (memory-only when ``path`` is None).
         Other options: ``topics``, ``edge``, ``dictionary``, ``batch_size``, ``linger``,
         ``max_in_flight``, and ``backoff`` (a tenacity wait) for the reconnect loop.
         """
-        settings = MqttSettings.from_url(mqtt) if isinstance(mqtt, str) else mqtt
+        settings: MqttSettings | LocalBroker = (
+            MqttSettings.from_url(mqtt) if isinstance(mqtt, str) else mqtt
+        )
         backoff = options.pop("backoff", None)
         store = ReadingQueue.open(validate_device_id(device_id), queue or QueueConfig())
         try:
@@ -155,15 +166,14 @@ class DeviceClient:
 
     def _start(self, backoff: Any) -> None:
         will = Will(self.topics.state(self.device_id), _state(online=False), retain=True)
-        extra = {"backoff": backoff} if backoff is not None else {}
-        self._connection = MqttConnection.start(
-            self.settings,
-            self.device_id,
-            will=will,
-            on_connect=self._on_connect,
-            on_disconnect=self._on_disconnect,
-            **extra,
-        )
+        events = {"on_connect": self._on_connect, "on_disconnect": self._on_disconnect}
+        if isinstance(self.settings, LocalBroker):
+            self._connection = self.settings.connect(self.device_id, will=will, **events)
+        else:
+            extra = {"backoff": backoff} if backoff is not None else {}
+            self._connection = MqttConnection.start(
+                self.settings, self.device_id, will=will, **events, **extra
+            )
         self._connection.subscribe(self.topics.commands(self.device_id), self._on_command)
         self._connection.subscribe(self.topics.config_desired(self.device_id), self._on_config)
         self._sender = threading.Thread(
@@ -333,7 +343,7 @@ class DeviceClient:
             last_error=connection.last_error,
         )
 
-    def _live_connection(self) -> MqttConnection:
+    def _live_connection(self) -> MqttConnection | LocalConnection:
         if self._connection is None:
             raise ClosedError(f"device client {self.device_id} is not started")
         return self._connection
