@@ -6,24 +6,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_codec_benchmark_quick_run_writes_json(tmp_path: Path, nab_dir: Path) -> None:
-    out = tmp_path / "codec.json"
+def run_benchmark(script: str, out: Path, *args: str) -> list[dict[str, Any]]:
+    """Run ``benchmarks/<script>`` with ``--json``; return its records, checked for shape."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/codec.py",
-            "--quick",
-            "--data",
-            str(nab_dir),
-            "--json",
-            str(out),
-        ],
+        [sys.executable, f"benchmarks/{script}", *args, "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -31,8 +24,13 @@ def test_codec_benchmark_quick_run_writes_json(tmp_path: Path, nab_dir: Path) ->
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    records = json.loads(out.read_text())
+    records: list[dict[str, Any]] = json.loads(out.read_text())
     assert records and all(set(r) == {"case", "impl", "metric", "value"} for r in records)
+    return records
+
+
+def test_codec_benchmark_quick_run_writes_json(tmp_path: Path, nab_dir: Path) -> None:
+    records = run_benchmark("codec.py", tmp_path / "codec.json", "--quick", "--data", str(nab_dir))
     impls = {r["impl"] for r in records}
     assert {"json", "msgpack", "senml", "gorilla", "iotdata", "iotdata+dict", "ratio"} <= impls
     metrics = {r["metric"] for r in records if r["impl"] == "iotdata"}
@@ -42,26 +40,10 @@ def test_codec_benchmark_quick_run_writes_json(tmp_path: Path, nab_dir: Path) ->
 
 @pytest.mark.mqtt
 def test_device_benchmark_quick_run_writes_json(tmp_path: Path, mqtt_url: str) -> None:
-    out = tmp_path / "device.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/device.py",
-            "--readings",
-            "300",
-            "--mqtt",
-            mqtt_url,
-            "--json",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    records = run_benchmark(
+        "device.py", tmp_path / "device.json", "--readings", "300", "--mqtt", mqtt_url
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    records = {(r["case"], r["impl"], r["metric"]): r["value"] for r in json.loads(out.read_text())}
-    assert records["device_vs_paho", "ratio", "readings_per_s"] > 0
-    assert records["enqueue_put100", "iotdata", "readings_per_s"] > 0
-    assert records["idle", "iotdata", "rss_bytes"] > 1_000_000
+    values = {(r["case"], r["impl"], r["metric"]): r["value"] for r in records}
+    assert values["device_vs_paho", "ratio", "readings_per_s"] > 0
+    assert values["enqueue_put100", "iotdata", "readings_per_s"] > 0
+    assert values["idle", "iotdata", "rss_bytes"] > 1_000_000
