@@ -3,24 +3,38 @@
 ``iotdata demo`` shows the library at work with no servers. For now it runs the codec over
 sensor series (CSV files ``timestamp,value``; a synthetic fleet when none are given) and prints
 what the readings cost on the wire against JSON. The full embedded pipeline comes next.
+
+``iotdata simulate`` publishes the telemetry of a simulated fleet (synthetic signals with
+injected anomalies, or replayed CSV series) to an MQTT broker, through
+:class:`iotdata.device.FleetSimulator`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import json
+import logging
 import math
 import random
+import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from iotdata import __version__, codec
-from iotdata.errors import IotDataError
-from iotdata.model import Batch, ts_from_datetime
+from iotdata.device import (
+    ANOMALY_KINDS,
+    DEFAULT_ANOMALY_RATE,
+    FleetSimulator,
+    SimulationSummary,
+    read_series,
+    save_anomalies,
+)
+from iotdata.errors import InvalidInputError, IotDataError
+from iotdata.model import Batch
+from iotdata.mqtt import MqttSettings, Topics
 
 __all__ = ["main"]
 
@@ -67,7 +81,165 @@ def _parser() -> argparse.ArgumentParser:
         help=f"readings per frame (default {_BATCH})",
     )
     demo.set_defaults(run=_demo)
+    _add_simulate(commands)
     return parser
+
+
+def _add_simulate(commands: Any) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        help="publish the telemetry of a simulated device fleet to an MQTT broker",
+        description="Simulate a fleet of devices (sim-00000, sim-00001, ...) publishing "
+        "metric 'temp' as iotdata frames on PREFIX/DEVICE/telemetry at QoS 1, over a few "
+        "shared connections. Signals are synthetic (base, trend, daily cycle and noise, with "
+        "injected spikes, level shifts, stuck stretches and dropouts) or replayed from CSV "
+        "files. Without --duration or --readings-per-device it runs until Ctrl-C. The "
+        "simulator keeps unacknowledged frames in memory only: it is a load generator, not "
+        "a durable device client.",
+    )
+    simulate.add_argument(
+        "--mqtt",
+        required=True,
+        type=_mqtt_url,
+        metavar="URL",
+        help="the broker, e.g. mqtt://127.0.0.1:1883 or mqtts://user:password@host:8883",
+    )
+    simulate.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="how many devices to simulate (default 100)",
+    )
+    simulate.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=1.0,
+        metavar="R",
+        help="readings per second per device; may be fractional, e.g. 0.1 (default 1)",
+    )
+    length = simulate.add_mutually_exclusive_group()
+    length.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="run for S seconds of wall time, each device producing R readings per second",
+    )
+    length.add_argument(
+        "--readings-per-device",
+        type=_positive_int,
+        metavar="K",
+        help="give each device K reading slots and run as fast as the broker takes them "
+        "(timestamps stay 1/R s apart); dropouts leave some slots empty",
+    )
+    simulate.add_argument(
+        "--replay",
+        type=Path,
+        metavar="DIR",
+        help="replay the CSV files (timestamp,value; naive UTC) in DIR instead of synthetic "
+        "signals: device i replays file i %% files, its timestamps moved to start now",
+    )
+    simulate.add_argument(
+        "--keep-timestamps",
+        action="store_true",
+        help="with --replay, publish the original timestamps",
+    )
+    simulate.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=4,
+        metavar="C",
+        help="MQTT connections shared by the devices; device i uses connection i %% C (default 4)",
+    )
+    simulate.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=100,
+        metavar="B",
+        help="readings per frame: a device publishes every B readings or after 1 s (default 100)",
+    )
+    simulate.add_argument(
+        "--prefix",
+        type=_topics,
+        default=Topics(),
+        metavar="P",
+        help="topic prefix (default iotdata)",
+    )
+    simulate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="X",
+        help="seed of the synthetic signals: the same seed gives the same readings (default 0)",
+    )
+    simulate.add_argument(
+        "--anomaly-rate",
+        type=_probability,
+        default=DEFAULT_ANOMALY_RATE,
+        metavar="P",
+        help=f"chance that a reading starts an anomaly or dropout (default {DEFAULT_ANOMALY_RATE})",
+    )
+    simulate.add_argument(
+        "--anomalies",
+        type=Path,
+        metavar="FILE",
+        help="write the injected anomalies and dropouts to FILE as JSON: a list of "
+        "{device_id, kind, start_ts, end_ts} (microseconds, both included)",
+    )
+    simulate.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="give up when the broker cannot be reached within S seconds (default 10)",
+    )
+    simulate.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="log connections, losses and reconnections on stderr",
+    )
+    simulate.set_defaults(run=_simulate_fleet)
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _mqtt_url(text: str) -> MqttSettings:
+    try:
+        return MqttSettings.from_url(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _topics(text: str) -> Topics:
+    try:
+        return Topics(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -101,6 +273,101 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_fleet(args: argparse.Namespace) -> int:
+    if args.keep_timestamps and args.replay is None:
+        print("iotdata: error: --keep-timestamps needs --replay", file=sys.stderr)
+        return 2
+    level = logging.INFO if args.verbose else logging.ERROR
+    logging.basicConfig(format="iotdata: %(name)s: %(message)s", level=level)
+    simulator = FleetSimulator(
+        mqtt=args.mqtt,
+        devices=args.devices,
+        rate=args.rate,
+        topics=args.prefix,
+        connections=args.connections,
+        batch_size=args.batch,
+        seed=args.seed,
+        anomaly_rate=args.anomaly_rate,
+        replay=args.replay,
+        keep_timestamps=args.keep_timestamps,
+        connect_timeout=args.connect_timeout,
+    )
+    tty = sys.stderr.isatty()
+    previous = signal.signal(signal.SIGINT, _stop_once(simulator))
+    try:
+        summary = simulator.run(
+            readings_per_device=args.readings_per_device,
+            duration=args.duration,
+            progress=_progress_line(tty),
+            progress_every=0.5 if tty else 5.0,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if tty:
+            print(file=sys.stderr)
+    if args.anomalies is not None:
+        save_anomalies(args.anomalies, summary.events)
+    _print_summary(summary, args)
+    return 0
+
+
+def _stop_once(simulator: FleetSimulator) -> Callable[[int, Any], None]:
+    """The first Ctrl-C stops generating and waits for the acks; a second one aborts."""
+
+    def stop(signum: int, frame: Any) -> None:
+        simulator.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\niotdata: stopping; Ctrl-C again to abort", file=sys.stderr)
+
+    return stop
+
+
+def _progress_line(tty: bool) -> Callable[[SimulationSummary], None]:
+    def show(now: SimulationSummary) -> None:
+        line = (
+            f"devices: {now.devices:,}  published: {now.readings_published:,}  "
+            f"acknowledged: {now.readings_acknowledged:,}  "
+            f"{now.readings_per_second:,.0f} readings/s  "
+            f"connections up: {now.connections_up}/{now.connections}"
+        )
+        if tty:
+            print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _print_summary(summary: SimulationSummary, args: argparse.Namespace) -> None:
+    mode = "accelerated" if args.readings_per_device else "real time"
+    source = f"replaying {args.replay}" if args.replay else f"synthetic, seed {args.seed}"
+    per_reading = summary.bytes_sent / max(summary.readings_published, 1)
+    kinds = ", ".join(f"{kind} {n}" for kind, n in _kinds(summary).items()) or "none"
+    print(f"devices: {summary.devices:,} on {summary.connections} connections ({source}, {mode})")
+    print(
+        f"readings generated: {summary.readings_generated:,} "
+        f"({summary.readings_skipped:,} skipped in dropouts)"
+    )
+    print(f"readings published: {summary.readings_published:,}")
+    print(f"readings acknowledged: {summary.readings_acknowledged:,}")
+    print(f"anomalies injected: {summary.anomalies:,} ({kinds})")
+    print(f"dropouts injected: {summary.dropouts:,}")
+    print(
+        f"batches published: {summary.batches_published:,} ({summary.batches_held:,} held "
+        f"for a reconnection, {summary.resends:,} re-sent); "
+        f"bytes on the wire: {summary.bytes_sent:,} ({per_reading:.2f} per reading)"
+    )
+    print(f"duration: {summary.duration:.1f} s ({summary.readings_per_second:,.0f} readings/s)")
+    if args.anomalies is not None:
+        print(f"anomalies written to {args.anomalies}")
+
+
+def _kinds(summary: SimulationSummary) -> dict[str, int]:
+    kinds = [kind for kind in ANOMALY_KINDS if kind != "dropout"]
+    counts = {kind: sum(e.kind == kind for e in summary.events) for kind in kinds}
+    return {kind: n for kind, n in counts.items() if n}
+
+
 def _json(device: str, metric: str, ts: int, value: object, seq: int) -> bytes:
     record = {"device_id": device, "metric": metric, "ts": ts, "value": value, "seq": seq}
     return json.dumps(record, separators=(",", ":")).encode()
@@ -112,13 +379,8 @@ def _load(folder: Path) -> list[tuple[str, list[int], list[float]]]:
         raise IotDataError(f"no CSV files in {folder}")
     series = []
     for path in files:
-        ts, values = [], []
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                moment = dt.datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S")
-                ts.append(ts_from_datetime(moment))
-                values.append(float(row["value"]))
-        series.append((path.stem, ts, values))
+        ts, values = read_series(path)
+        series.append((path.stem, list(ts), list(values)))
     return series
 
 

@@ -4,8 +4,11 @@ Edge operators (:class:`Deadband`, :class:`Downsample`, :class:`RateLimit`, :cla
 :class:`Map`, chained with :class:`Pipeline`) shape readings before they are queued. The
 durable queue (:class:`ReadingQueue`) keeps accepted readings until the broker acknowledged
 them, and :class:`DeviceClient` ties it together: ``send``, batching, the MQTT connection,
-commands and configuration.
+commands and configuration. :class:`FleetSimulator` (``iotdata simulate``) drives thousands of
+virtual devices over a few shared connections.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from iotdata.device._client import DeviceClient, DeviceStats
 from iotdata.device._operators import (
@@ -29,6 +32,9 @@ from iotdata.errors import (
 
 __all__ = [
     "AGGREGATIONS",
+    "ANOMALY_KINDS",
+    "DEFAULT_ANOMALY_RATE",
+    "Anomaly",
     "Deadband",
     "DeviceClient",
     "DeviceStats",
@@ -37,6 +43,7 @@ __all__ = [
     "EdgeOperatorError",
     "EdgeReading",
     "Filter",
+    "FleetSimulator",
     "Lease",
     "Map",
     "Overflow",
@@ -48,4 +55,49 @@ __all__ = [
     "QueueStorageError",
     "RateLimit",
     "ReadingQueue",
+    "ReplaySignal",
+    "SimulationSummary",
+    "SyntheticSignal",
+    "load_anomalies",
+    "read_series",
+    "save_anomalies",
 ]
+
+# The fleet simulator runs in the cloud or on a workstation, not on devices: it is loaded on
+# first use so that `import iotdata.device` stays light.
+_SIMULATOR = frozenset(
+    {
+        "ANOMALY_KINDS",
+        "DEFAULT_ANOMALY_RATE",
+        "Anomaly",
+        "FleetSimulator",
+        "ReplaySignal",
+        "SimulationSummary",
+        "SyntheticSignal",
+        "load_anomalies",
+        "read_series",
+        "save_anomalies",
+    }
+)
+
+if TYPE_CHECKING:
+    from iotdata.device._simulator import (
+        ANOMALY_KINDS,
+        DEFAULT_ANOMALY_RATE,
+        Anomaly,
+        FleetSimulator,
+        ReplaySignal,
+        SimulationSummary,
+        SyntheticSignal,
+        load_anomalies,
+        read_series,
+        save_anomalies,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SIMULATOR:
+        from iotdata.device import _simulator  # noqa: PLC0415
+
+        return getattr(_simulator, name)
+    raise AttributeError(f"module 'iotdata.device' has no attribute {name!r}")

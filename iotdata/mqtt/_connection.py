@@ -144,6 +144,8 @@ class MqttConnection:
     _connack: threading.Event = attrs.field(factory=threading.Event, init=False)
     _refusal: BaseException | None = attrs.field(default=None, init=False)
     _socket_error: str | None = attrs.field(default=None, init=False)
+    #: Bumped when a connection is lost: a publish that straddles it fails instead of hanging.
+    _generation: int = attrs.field(default=0, init=False)
     _last_error: BaseException | None = attrs.field(default=None, init=False)
     _packet_limit: int = attrs.field(default=0, init=False)
     _stats: dict[str, int] = attrs.field(
@@ -195,6 +197,7 @@ class MqttConnection:
         if self._closing.is_set():
             raise ClosedError("the MQTT connection is closed")
         client = self._client
+        generation = self._generation
         if client is None or not self._connected.is_set():
             raise ConnectionLostError(f"not connected to {self.settings.url}")
         if len(payload) + len(topic) + 16 > self._packet_limit:
@@ -205,18 +208,24 @@ class MqttConnection:
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise ConnectionLostError(f"publish failed: {paho.error_string(info.rc)}")
         delivery = Delivery(info.mid)
+        straddled = acknowledged = False
+        replaced: Delivery | None = None
         with self._lock:  # never held while calling into paho (see _on_publish)
             self._stats["published"] += 1
-            if qos == 0:
-                acknowledged = True
-            elif info.mid in self._early_acks:
+            if generation != self._generation:  # the connection dropped during the call
+                straddled = True
+            elif qos == 0 or info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)
                 acknowledged = True
             else:
+                replaced = self._pending.get(info.mid)  # never on one connection, but never hang
                 self._pending[info.mid] = delivery
-                acknowledged = False
-        if acknowledged:
+        if straddled:
+            delivery._finish(ConnectionLostError("connection lost while publishing"))
+        elif acknowledged:
             delivery._finish(None)
+        if replaced is not None:
+            replaced._finish(ConnectionLostError(f"message id {info.mid} was reused"))
         return delivery
 
     def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
@@ -360,6 +369,7 @@ class MqttConnection:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._early_acks.clear()
+            self._generation += 1
         for delivery in pending.values():
             delivery._finish(error)
         if notify:

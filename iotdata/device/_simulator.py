@@ -1,0 +1,730 @@
+"""A fleet simulator: thousands of virtual devices publishing telemetry from one process.
+
+:class:`FleetSimulator` drives ``devices`` virtual devices (``sim-00000``, ``sim-00001``, ...),
+each producing ``rate`` readings per second of the metric ``"temp"``, and publishes them as
+codec frames on ``Topics(prefix).telemetry(device_id)`` at QoS 1. It is built for scale:
+
+* **multiplexed**: a few shared :class:`~iotdata.mqtt.MqttConnection` (device ``i`` uses
+  connection ``i % connections``) and one scheduler loop on the calling thread, instead of a
+  thread, a queue file and a connection per device;
+* **batched**: one frame per device every ``batch_size`` readings, or once its oldest buffered
+  reading waited ``linger`` seconds;
+* **bounded**: at most ``max_in_flight`` unacknowledged frames per connection; when full, the
+  loop waits for acknowledgements;
+* **complete, not durable**: frames stay in memory until acknowledged and are published again
+  after a reconnection, so nothing generated is lost while the process lives. Sequence numbers
+  live in memory and start at 0 on every run; :class:`~iotdata.device.DeviceClient` is the
+  durable client.
+
+Time is a sequence of ticks spread evenly over the fleet: tick ``g`` belongs to device
+``g % devices`` and lies ``g / (rate * devices)`` seconds after the start, so each device's
+readings are ``1 / rate`` seconds apart. With ``duration`` the ticks follow the (injectable)
+clock; with ``readings_per_device`` they run as fast as the broker takes them, on simulated time.
+
+Signals come from :class:`SyntheticSignal` (deterministic for a seed and device index, with
+injected anomalies and dropouts recorded as :class:`Anomaly`) or :class:`ReplaySignal`
+(recorded ``timestamp,value`` CSV series such as the NAB corpus, see :func:`read_series`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import tenacity
+
+from iotdata.codec import Encoder
+from iotdata.errors import ConnectError, ConnectionLostError, InvalidInputError, IotDataError
+from iotdata.model import Batch, ts_from_datetime
+from iotdata.mqtt import Delivery, MqttConnection, MqttSettings, Topics, default_backoff
+
+__all__ = [
+    "ANOMALY_KINDS",
+    "DEFAULT_ANOMALY_RATE",
+    "Anomaly",
+    "FleetSimulator",
+    "ReplaySignal",
+    "SimulationSummary",
+    "SyntheticSignal",
+    "load_anomalies",
+    "read_series",
+    "save_anomalies",
+]
+
+log = logging.getLogger("iotdata.device")
+
+METRIC = "temp"
+SPIKE, LEVEL_SHIFT, STUCK, DROPOUT = "spike", "level_shift", "stuck", "dropout"
+#: What :class:`SyntheticSignal` injects. A dropout is a stretch with no readings at all.
+ANOMALY_KINDS = (SPIKE, LEVEL_SHIFT, STUCK, DROPOUT)
+#: Chance that a reading starts an anomaly or dropout: a fleet run of a few minutes has some.
+DEFAULT_ANOMALY_RATE = 0.002
+_KIND_WEIGHTS = (0.35, 0.25, 0.2, 0.2)
+#: Length of each kind of episode, in readings (dropouts: in skipped ticks).
+_LENGTHS = {SPIKE: (1, 3), LEVEL_SHIFT: (10, 40), STUCK: (10, 40), DROPOUT: (5, 20)}
+_DAY_US = 86_400 * 1_000_000
+_Series = tuple[tuple[int, ...], tuple[float, ...]]
+
+
+def _device_id(index: int) -> str:
+    return f"sim-{index:05d}"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# ---------------------------------------------------------------------------------- signals
+
+
+@attrs.frozen
+class Anomaly:
+    """An injected episode on ``device_id``, from ``start_ts`` to ``end_ts`` (microseconds, both
+    included). ``kind`` is one of :data:`ANOMALY_KINDS`; for a dropout these are the times of
+    the readings that were never sent."""
+
+    device_id: str
+    kind: str
+    start_ts: int
+    end_ts: int
+
+
+def save_anomalies(path: Path, events: Iterable[Anomaly]) -> None:
+    """Write ``events`` as a JSON list of ``{"device_id", "kind", "start_ts", "end_ts"}``."""
+    documents = [attrs.asdict(event) for event in events]
+    Path(path).write_text(json.dumps(documents, indent=1) + "\n")
+
+
+def load_anomalies(path: Path) -> list[Anomaly]:
+    """Read what :func:`save_anomalies` wrote. Raises :class:`InvalidInputError`."""
+    try:
+        return [Anomaly(**document) for document in json.loads(Path(path).read_text())]
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{path} is not an anomalies file: {exc}") from exc
+
+
+@attrs.define
+class _Episode:
+    kind: str
+    start_ts: int
+    end_ts: int
+    remaining: int
+    offset: float  # added to the value (spike, level shift) or held (stuck)
+
+
+@attrs.define
+class SyntheticSignal:
+    """One device's temperature: base + slow trend + daily cycle + Gaussian noise, plus anomalies.
+
+    ``value(ts) = base + trend * days since start_ts + amplitude * sin(2 pi * time of day + phase)
+    + N(0, sigma)``, rounded to 2 decimals (the cycle follows the reading's own UTC time).
+    Each reading starts an episode with probability ``anomaly_rate`` when none is under way:
+
+    * ``spike``: 1 to 3 readings off by 20 to 40 sigma;
+    * ``level_shift``: 10 to 40 readings shifted by 4 to 8 sigma;
+    * ``stuck``: 10 to 40 readings repeating the last value sent;
+    * ``dropout``: 5 to 20 readings never sent (:meth:`reading` returns None).
+
+    Noise and anomalies draw from separate random streams, so with ``anomaly_rate=0`` the same
+    seed gives exactly the clean series the anomalies were added to.
+    """
+
+    device_id: str
+    start_ts: int
+    base: float
+    trend: float  # units per day
+    amplitude: float
+    phase: float  # radians
+    sigma: float
+    anomaly_rate: float
+    _noise: random.Random
+    _chance: random.Random
+    _episode: _Episode | None = attrs.field(default=None, init=False)
+    _episodes: list[_Episode] = attrs.field(factory=list, init=False)
+    _last: float | None = attrs.field(default=None, init=False)
+
+    @classmethod
+    def for_device(
+        cls,
+        index: int,
+        *,
+        seed: int = 0,
+        start_ts: int = 0,
+        anomaly_rate: float = DEFAULT_ANOMALY_RATE,
+    ) -> SyntheticSignal:
+        """The signal of device ``index``, deterministic for ``seed``; the trend starts at
+        ``start_ts``."""
+        shape = random.Random(f"iotdata-sim/{seed}/{index}/shape")
+        return cls(
+            _device_id(index),
+            start_ts,
+            base=round(shape.uniform(15, 25), 2),
+            trend=shape.uniform(-0.5, 0.5),
+            amplitude=shape.uniform(2, 5),
+            phase=shape.uniform(0, 2 * math.pi),
+            sigma=shape.uniform(0.1, 0.3),
+            anomaly_rate=anomaly_rate,
+            noise=random.Random(f"iotdata-sim/{seed}/{index}/noise"),
+            chance=random.Random(f"iotdata-sim/{seed}/{index}/anomalies"),
+        )
+
+    def expected(self, ts: int) -> float:
+        """The noiseless value at ``ts``: base, trend and daily cycle."""
+        days = (ts - self.start_ts) / _DAY_US
+        cycle = math.sin(2 * math.pi * (ts % _DAY_US) / _DAY_US + self.phase)
+        return self.base + self.trend * days + self.amplitude * cycle
+
+    def reading(self, ts: int) -> tuple[int, float] | None:
+        """``(ts, value)`` of the next reading, or None in a dropout. Call with increasing ts."""
+        value = self.expected(ts) + self._noise.gauss(0, self.sigma)
+        episode = self._episode or self._maybe_start(ts)
+        if episode is not None:
+            episode.end_ts = ts
+            episode.remaining -= 1
+            if episode.remaining == 0:
+                self._episode = None
+            if episode.kind == DROPOUT:
+                return None
+            value = episode.offset if episode.kind == STUCK else value + episode.offset
+        self._last = round(value, 2)
+        return ts, self._last
+
+    def events(self) -> list[Anomaly]:
+        """The episodes injected so far (the one under way ends at its latest reading)."""
+        return [Anomaly(self.device_id, e.kind, e.start_ts, e.end_ts) for e in self._episodes]
+
+    def _maybe_start(self, ts: int) -> _Episode | None:
+        chance = self._chance
+        if chance.random() >= self.anomaly_rate:
+            return None
+        kind = chance.choices(ANOMALY_KINDS, _KIND_WEIGHTS)[0]
+        length = chance.randint(*_LENGTHS[kind])
+        sign = chance.choice((-1, 1))
+        if kind == SPIKE:
+            offset = sign * chance.uniform(20, 40) * self.sigma
+        elif kind == LEVEL_SHIFT:
+            offset = sign * chance.uniform(4, 8) * self.sigma
+        else:
+            offset = self._last if self._last is not None else round(self.expected(ts), 2)
+        self._episode = _Episode(kind, ts, ts, length, offset)
+        self._episodes.append(self._episode)
+        return self._episode
+
+
+@attrs.define
+class ReplaySignal:
+    """Replays a recorded series in order, its timestamps moved by ``shift`` microseconds.
+
+    At the end it starts over, moved on by the series' span plus one step, so time keeps going
+    forward. It injects nothing: a replayed corpus brings its own anomalies.
+    """
+
+    device_id: str
+    ts: tuple[int, ...]
+    values: tuple[float, ...]
+    shift: int = 0
+    _position: int = attrs.field(default=0, init=False)
+
+    def reading(self, ts: int) -> tuple[int, float]:
+        """The next recorded ``(ts, value)``; the scheduled ``ts`` is ignored."""
+        if self._position == len(self.ts):
+            self._position = 0
+            self.shift += self._span()
+        position = self._position
+        self._position += 1
+        return self.ts[position] + self.shift, self.values[position]
+
+    def events(self) -> list[Anomaly]:
+        return []
+
+    def _span(self) -> int:
+        step = self.ts[-1] - self.ts[-2] if len(self.ts) > 1 else 1_000_000
+        return self.ts[-1] - self.ts[0] + step
+
+
+def read_series(path: Path) -> _Series:
+    """``(timestamps, values)`` of a CSV file with a ``timestamp,value`` header and naive UTC
+    ``YYYY-MM-DD HH:MM:SS`` times (the NAB layout). Raises :class:`InvalidInputError`."""
+    ts: list[int] = []
+    values: list[float] = []
+    try:
+        with path.open(newline="") as handle:
+            for line, row in enumerate(csv.DictReader(handle), 2):
+                moment, value = _row(path, line, row)
+                ts.append(moment)
+                values.append(value)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc}") from exc
+    if not ts:
+        raise InvalidInputError(f"{path} has no readings")
+    return tuple(ts), tuple(values)
+
+
+def _row(path: Path, line: int, row: dict[str, Any]) -> tuple[int, float]:
+    try:
+        return ts_from_datetime(dt.datetime.fromisoformat(row["timestamp"])), float(row["value"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{path}, line {line}: expected timestamp,value: {exc}") from exc
+
+
+def _replay_files(replay: Path) -> list[Path]:
+    files = [replay] if replay.is_file() else sorted(replay.glob("*.csv"))
+    if not files:
+        raise InvalidInputError(f"no CSV files in {replay}")
+    return files
+
+
+class _Source(Protocol):
+    def reading(self, ts: int) -> tuple[int, float] | None: ...
+
+    def events(self) -> list[Anomaly]: ...
+
+
+# ---------------------------------------------------------------------------------- summary
+
+
+@attrs.frozen(kw_only=True)
+class SimulationSummary:
+    """A snapshot of a simulation: during a run (progress) or after it (the result).
+
+    ``generated`` maps each device to how many readings it produced: its seqs are
+    ``0 .. generated - 1``. ``events`` lists the injected anomalies and dropouts.
+    ``batches_held`` counts the times a frame waited for a reconnection (in flight when its
+    connection dropped, or due while it was down); ``resends`` the frames published again
+    after being in flight once (the broker may have got them twice). ``bytes_sent`` counts
+    frame bytes published, re-sends included (MQTT headers and topics not counted).
+    """
+
+    devices: int
+    connections: int
+    connections_up: int
+    readings_generated: int
+    readings_skipped: int
+    readings_published: int
+    readings_acknowledged: int
+    batches_published: int
+    batches_held: int
+    resends: int
+    bytes_sent: int
+    duration: float
+    generated: Mapping[str, int]
+    events: tuple[Anomaly, ...]
+
+    @property
+    def dropouts(self) -> int:
+        return sum(e.kind == DROPOUT for e in self.events)
+
+    @property
+    def anomalies(self) -> int:
+        """Injected anomalies, dropouts not included."""
+        return len(self.events) - self.dropouts
+
+    @property
+    def readings_per_second(self) -> float:
+        """Acknowledged readings per second of the run."""
+        return self.readings_acknowledged / self.duration if self.duration > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------- simulator
+
+
+@attrs.define(eq=False)
+class _Pending:
+    topic: str
+    frame: bytes
+    readings: int
+    sent: bool = False
+    attempt: int = 0  # which publish of the frame the awaited delivery belongs to
+    epoch: int = 0  # how many times its connection had connected when it was published
+
+
+@attrs.define(eq=False)
+class _Link:
+    """One shared connection and the frames it owes the broker."""
+
+    connection: MqttConnection
+    in_flight: set[_Pending] = attrs.field(factory=set)
+    retry: list[_Pending] = attrs.field(factory=list)
+
+    def load(self) -> int:
+        return len(self.in_flight) + len(self.retry)
+
+
+@attrs.define(eq=False)
+class _Device:
+    index: int
+    device_id: str
+    topic: str
+    source: _Source
+    seq: int = 0
+    ts: list[int] = attrs.field(factory=list)
+    values: list[float] = attrs.field(factory=list)
+    seqs: list[int] = attrs.field(factory=list)
+
+
+def _settings(mqtt: str | MqttSettings) -> MqttSettings:
+    return mqtt if isinstance(mqtt, MqttSettings) else MqttSettings.from_url(mqtt)
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise InvalidInputError(f"{attribute.name} must be a positive int, got {value!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if type(value) not in (int, float) or not 0 < value < math.inf:
+        raise InvalidInputError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _probability(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if type(value) not in (int, float) or not 0 <= value <= 1:
+        raise InvalidInputError(f"{attribute.name} must lie in [0, 1], got {value!r}")
+
+
+@attrs.define(kw_only=True)
+class FleetSimulator:
+    """Simulated devices publishing telemetry over a few shared connections (see the module).
+
+    >>> simulator = FleetSimulator(mqtt="mqtt://127.0.0.1:1883", devices=1000, rate=0.5)
+    >>> summary = simulator.run(duration=60)  # doctest: +SKIP
+
+    ``replay`` is a folder of CSV files (or one file): device ``i`` replays file
+    ``i % files``, moved to start at the run's start unless ``keep_timestamps``; nothing is
+    injected then (``seed`` and ``anomaly_rate`` serve synthetic signals only). ``clock``
+    (monotonic seconds), ``sleep`` and ``wall_clock`` (microseconds since the epoch, the first
+    timestamp) are injectable for tests. :meth:`stop` (from a signal handler or another thread)
+    ends a run early: it stops generating, publishes what is buffered and waits for the acks.
+    """
+
+    mqtt: MqttSettings = attrs.field(converter=_settings)
+    devices: int = attrs.field(validator=_at_least_one)
+    rate: float = attrs.field(validator=_positive)
+    topics: Topics = attrs.field(factory=Topics)
+    connections: int = attrs.field(default=4, validator=_at_least_one)
+    batch_size: int = attrs.field(default=100, validator=_at_least_one)
+    linger: float = attrs.field(default=1.0, validator=_positive)
+    seed: int = 0
+    anomaly_rate: float = attrs.field(default=DEFAULT_ANOMALY_RATE, validator=_probability)
+    replay: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    keep_timestamps: bool = False
+    max_in_flight: int = attrs.field(default=256, validator=_at_least_one)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Give up (ConnectError) when the broker acknowledges nothing for this many seconds.
+    stall_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: How long the connections wait between attempts to reconnect (a tenacity wait).
+    backoff: tenacity.wait.wait_base = attrs.field(factory=default_backoff)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    wall_clock: Callable[[], int] = _now_us
+    _stopping: threading.Event = attrs.field(factory=threading.Event, init=False)
+    _cond: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _links: list[_Link] = attrs.field(factory=list, init=False)
+    _fleet: list[_Device] = attrs.field(factory=list, init=False)
+    _lingering: dict[int, float] = attrs.field(factory=dict, init=False)
+    _counts: dict[str, int] = attrs.field(factory=dict, init=False)
+    _encoder: Encoder = attrs.field(factory=Encoder, init=False)
+    _started: float = attrs.field(default=0.0, init=False)
+    _ended: float | None = attrs.field(default=None, init=False)
+    _start_us: int = attrs.field(default=0, init=False)
+    _last_ack: float = attrs.field(default=0.0, init=False)
+    _progress: Callable[[SimulationSummary], None] | None = attrs.field(default=None, init=False)
+    _progress_every: float = attrs.field(default=5.0, init=False)
+    _next_report: float = attrs.field(default=0.0, init=False)
+
+    def run(
+        self,
+        *,
+        readings_per_device: int | None = None,
+        duration: float | None = None,
+        progress: Callable[[SimulationSummary], None] | None = None,
+        progress_every: float = 5.0,
+    ) -> SimulationSummary:
+        """Simulate until each device had ``readings_per_device`` ticks (accelerated), for
+        ``duration`` seconds (real time), or, with neither, until :meth:`stop`; then wait until
+        the broker acknowledged everything. ``progress(snapshot)`` is called every
+        ``progress_every`` seconds. Raises :class:`~iotdata.ConnectError` when the broker cannot
+        be reached within ``connect_timeout`` or stalls for ``stall_timeout``."""
+        total = self._total_ticks(readings_per_device, duration)
+        series = [read_series(p) for p in _replay_files(self.replay)] if self.replay else []
+        self._stopping.clear()
+        self._progress, self._progress_every = progress, progress_every
+        self._links = self._connect()
+        try:
+            self._start(series)
+            self._generate(total, accelerated=readings_per_device is not None)
+            self._drain()
+            self._ended = self.clock()
+            return self.snapshot()
+        finally:
+            for link in self._links:
+                link.connection.close()
+
+    def stop(self) -> None:
+        """End the current run early (safe from signal handlers and other threads)."""
+        self._stopping.set()
+
+    def snapshot(self) -> SimulationSummary:
+        """Where the current (or last) run stands."""
+        counts = self._counts
+        generated = {d.device_id: d.seq for d in self._fleet}
+        return SimulationSummary(
+            devices=self.devices,
+            connections=len(self._links),
+            connections_up=sum(link.connection.connected for link in self._links),
+            readings_generated=sum(generated.values()),
+            readings_skipped=counts.get("skipped", 0),
+            readings_published=counts.get("published", 0),
+            readings_acknowledged=counts.get("acknowledged", 0),
+            batches_published=counts.get("batches", 0),
+            batches_held=counts.get("held", 0),
+            resends=counts.get("resends", 0),
+            bytes_sent=counts.get("bytes", 0),
+            duration=self._elapsed(),
+            generated=generated,
+            events=tuple(e for d in self._fleet for e in d.source.events()),
+        )
+
+    def _elapsed(self) -> float:
+        if not self._fleet:
+            return 0.0
+        return (self.clock() if self._ended is None else self._ended) - self._started
+
+    # ------------------------------------------------------------------ set-up
+
+    def _total_ticks(self, readings_per_device: int | None, duration: float | None) -> int | None:
+        if readings_per_device is not None and duration is not None:
+            raise InvalidInputError("give readings_per_device or duration, not both")
+        if readings_per_device is not None:
+            if type(readings_per_device) is not int or readings_per_device < 0:
+                raise InvalidInputError("readings_per_device must be an int >= 0")
+            return readings_per_device * self.devices
+        if duration is not None:
+            if not 0 <= duration < math.inf:
+                raise InvalidInputError("duration must be a number of seconds >= 0")
+            return math.ceil(duration * self.rate * self.devices)
+        return None
+
+    def _connect(self) -> list[_Link]:
+        run = uuid.uuid4().hex[:8]
+        options = {"max_inflight": 0, "backoff": self.backoff}  # our bound, not paho's
+        links = [
+            _Link(MqttConnection.start(self.mqtt, f"iotdata-sim-{run}-{n}", **options))
+            for n in range(self.connections)
+        ]
+        deadline = time.monotonic() + self.connect_timeout
+        try:
+            for link in links:
+                link.connection.wait_connected(max(0.1, deadline - time.monotonic()))
+        except IotDataError:
+            for link in links:
+                link.connection.close()
+            raise
+        log.info("simulator: %d connections to %s", len(links), self.mqtt.url)
+        return links
+
+    def _start(self, series: list[_Series]) -> None:
+        self._start_us = start = self.wall_clock()
+        self._fleet = [self._device(index, start, series) for index in range(self.devices)]
+        self._lingering.clear()
+        self._counts = dict.fromkeys(
+            ("skipped", "published", "acknowledged", "batches", "held", "resends", "bytes"), 0
+        )
+        self._started = self.clock()
+        self._next_report = self._started + self._progress_every
+        self._ended = None
+        self._last_ack = time.monotonic()
+
+    def _device(self, index: int, start_us: int, series: list[_Series]) -> _Device:
+        device_id = _device_id(index)
+        source: _Source
+        if series:
+            ts, values = series[index % len(series)]
+            shift = 0 if self.keep_timestamps else start_us - ts[0]
+            source = ReplaySignal(device_id, ts, values, shift)
+        else:
+            source = SyntheticSignal.for_device(
+                index, seed=self.seed, start_ts=start_us, anomaly_rate=self.anomaly_rate
+            )
+        return _Device(index, device_id, self.topics.telemetry(device_id), source)
+
+    # ------------------------------------------------------------------ the scheduler loop
+
+    def _generate(self, total: int | None, *, accelerated: bool) -> None:
+        tick, chunk = 0, max(self.devices, 256)
+        while not self._stopping.is_set() and (total is None or tick < total):
+            limit = tick + chunk if accelerated else min(tick + chunk, self._due())
+            if total is not None:
+                limit = min(limit, total)
+            for number in range(tick, limit):
+                self._tick(number)
+            if limit <= tick:
+                ahead = tick / (self.rate * self.devices) - (self.clock() - self._started)
+                self.sleep(min(max(ahead, 0.02), 0.1))
+            tick = max(tick, limit)
+            self._flush_lingering()
+            self._resend()
+            self._report()
+
+    def _due(self) -> int:
+        """Ticks due by now: tick ``g`` is due ``g / (rate * devices)`` s after the start."""
+        elapsed = self.clock() - self._started
+        return math.floor(elapsed * self.rate * self.devices) + 1
+
+    def _tick(self, number: int) -> None:
+        count = self.devices
+        round_, index = divmod(number, count)
+        period = 1_000_000 / self.rate
+        ts = self._start_us + round(round_ * period) + round(index * period / count)
+        device = self._fleet[index]
+        reading = device.source.reading(ts)
+        if reading is None:
+            self._counts["skipped"] += 1
+            return
+        if not device.ts:
+            self._lingering[index] = self.clock()
+        device.ts.append(reading[0])
+        device.values.append(reading[1])
+        device.seqs.append(device.seq)
+        device.seq += 1
+        if len(device.ts) >= self.batch_size:
+            self._flush(device)
+
+    def _flush_lingering(self) -> None:
+        cutoff = self.clock() - self.linger
+        while self._lingering:
+            index, since = next(iter(self._lingering.items()))
+            if since > cutoff:
+                return
+            self._flush(self._fleet[index])
+
+    def _flush(self, device: _Device) -> None:
+        """Publish a device's buffered readings as one frame (waiting for room if need be)."""
+        self._lingering.pop(device.index, None)
+        columns = {METRIC: (device.ts, device.values, device.seqs)}
+        frame = self._encoder.encode(Batch.from_columns(device.device_id, columns))
+        pending = _Pending(device.topic, frame, len(device.ts))
+        device.ts, device.values, device.seqs = [], [], []
+        link = self._links[device.index % len(self._links)]
+        while self._load(link) >= self.max_in_flight:
+            self._resend()
+            self._await_acks()
+        if link.retry:  # older frames first
+            self._resend_on(link)
+        self._send(link, pending)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _send(self, link: _Link, pending: _Pending) -> None:
+        epoch = link.connection.statistics().connects
+        try:
+            delivery = link.connection.publish(pending.topic, pending.frame, qos=1)
+        except ConnectionLostError:
+            with self._cond:
+                link.retry.append(pending)
+                self._counts["held"] += 1
+            return
+        counts = self._counts
+        counts["bytes"] += len(pending.frame)
+        if pending.sent:
+            counts["resends"] += 1
+        else:
+            pending.sent = True
+            counts["batches"] += 1
+            counts["published"] += pending.readings
+        with self._cond:
+            pending.attempt += 1
+            pending.epoch = epoch
+            link.in_flight.add(pending)
+        settle = functools.partial(self._settled, link, pending, pending.attempt)
+        delivery.add_done_callback(settle)
+
+    def _settled(self, link: _Link, pending: _Pending, attempt: int, delivery: Delivery) -> None:
+        """On a network thread: count the ack, or keep the frame to publish again."""
+        with self._cond:
+            if pending.attempt != attempt or pending not in link.in_flight:
+                return  # given up as orphaned meanwhile (see _reclaim)
+            link.in_flight.discard(pending)
+            if delivery.error() is None:
+                self._counts["acknowledged"] += pending.readings
+                self._last_ack = time.monotonic()
+            else:
+                link.retry.append(pending)
+                self._counts["held"] += 1
+            self._cond.notify_all()
+
+    def _resend(self) -> None:
+        for link in self._links:
+            self._reclaim(link)
+            if link.retry:
+                self._resend_on(link)
+
+    def _reclaim(self, link: _Link) -> None:
+        """Publish again what was sent on an earlier connection and is still unsettled.
+
+        A loss fails every delivery awaited before the next connection is made, so such a frame
+        has a delivery that will never complete (publish raced with the loss): resend it.
+        """
+        connects = link.connection.statistics().connects
+        with self._cond:
+            orphans = [p for p in link.in_flight if p.epoch < connects]
+            for pending in orphans:
+                link.in_flight.discard(pending)
+                link.retry.append(pending)
+            self._counts["held"] += len(orphans)
+        if orphans:
+            log.warning("simulator: %d frames lost track of with a connection", len(orphans))
+
+    def _resend_on(self, link: _Link) -> None:
+        if not link.connection.connected:
+            return
+        with self._cond:
+            frames, link.retry = link.retry, []
+        for pending in frames:
+            self._send(link, pending)
+
+    def _load(self, link: _Link) -> int:
+        with self._cond:
+            return link.load()
+
+    def _await_acks(self) -> None:
+        """Wait a little for acknowledgements; give up after ``stall_timeout`` without any."""
+        with self._cond:
+            self._cond.wait(0.05)
+            stalled = time.monotonic() - self._last_ack
+        self._report()
+        if stalled > self.stall_timeout:
+            errors = {link.connection.statistics().last_error for link in self._links} - {None}
+            reason = f" ({'; '.join(sorted(map(str, errors)))})" if errors else ""
+            raise ConnectError(
+                f"{self.mqtt.url} acknowledged nothing for {self.stall_timeout:g} s{reason}"
+            )
+
+    def _drain(self) -> None:
+        for device in self._fleet:
+            if device.ts:
+                self._flush(device)
+        while True:
+            self._resend()
+            with self._cond:
+                if not any(link.load() for link in self._links):
+                    break
+            self._await_acks()
+        self._report(final=True)
+
+    def _report(self, *, final: bool = False) -> None:
+        if self._progress is None or (not final and self.clock() < self._next_report):
+            return
+        self._next_report = self.clock() + self._progress_every
+        self._progress(self.snapshot())
