@@ -110,3 +110,21 @@ def test_a_device_client_runs_on_the_local_broker(broker: LocalBroker) -> None:
         assert json.loads(reports.wait_for(1)[0][1]) == desired
     assert sorted(seqs) == accepted and applied == [3]
     assert [json.loads(p) for _, p in states.wait_for(2)][-1] == {"online": False}
+
+
+def test_bad_input_is_refused_at_the_call_that_receives_it(broker: LocalBroker) -> None:
+    for device_id in ["", "a/b", "a+b", "#", "x\n", "x" * 129]:
+        with pytest.raises(iotdata.InvalidInputError):
+            DeviceClient.connect(device_id, broker)
+    with DeviceClient.connect("pump-9", broker) as client:
+        with pytest.raises(iotdata.InvalidInputError):
+            client.send("temp", object())  # type: ignore[arg-type]
+        with pytest.raises(iotdata.InvalidInputError):
+            client.send("bad/metric\n", 1.0)
+        with pytest.raises(iotdata.InvalidInputError):
+            client.send("temp", 2**64)
+        with pytest.raises(iotdata.InvalidInputError):
+            client.send_many([("temp", "x" * 2000)])
+        assert client.statistics().queued == 0  # nothing half-accepted
+    with pytest.raises(iotdata.ClosedError):
+        client.send("temp", 1.0)
