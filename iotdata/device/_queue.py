@@ -499,6 +499,7 @@ class _Journal:
         self.path = path
         self.sync = sync
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.packer = msgpack.Packer()
 
     def write(self, payload: bytes) -> None:
         os.write(self.fd, _RECORD.pack(len(payload), zlib.crc32(payload)) + payload)
@@ -680,7 +681,7 @@ class ReadingQueue:
         with self._cond:
             self._check_open()
             seq = self._next_seq
-            payload = msgpack.packb([seq, metric, ts, value])
+            payload = journal.packer.pack([seq, metric, ts, value])
             size = len(payload) + _RECORD.size
             if not self._fits(1, size):
                 return self.put([reading])  # the overflow policy decides (the lock is reentrant)
@@ -697,7 +698,8 @@ class ReadingQueue:
             self._queued_bytes += size
             if len(self._intake) >= _CHUNK_READINGS:
                 self._absorb()
-            self._cond.notify_all()
+            if self._queued - 1 == self._in_flight:  # nothing was pending: wake a wait()
+                self._cond.notify_all()
             return seq
 
     def _plain(self, reading: tuple[str, int, Value]) -> bool:
