@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import types
 
 import pytest
@@ -44,3 +46,21 @@ def test_errors_share_one_root() -> None:
     for error in (iotdata.InvalidInputError, iotdata.EncodeError, iotdata.DecodeError):
         assert issubclass(error, iotdata.IotDataError)
     assert iotdata.codec.DecodeError is iotdata.DecodeError
+
+
+def test_importing_the_device_client_defers_the_transports() -> None:
+    """`import iotdata.device` (on every device's start-up path) leaves paho-mqtt, tenacity and
+    ssl for the first connection; they load once a client connects."""
+    code = (
+        "import sys, iotdata.device\n"
+        "heavy = ['paho', 'tenacity', 'ssl', 'iotdata.mqtt._connection',"
+        " 'iotdata.device._simulator']\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "from iotdata.mqtt import MqttConnection\n"
+        "print('paho' in sys.modules and 'tenacity' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
+    assert out[0] == ""
+    assert out[1] == "True"

@@ -20,25 +20,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
-import paho.mqtt.client as paho
 
 from iotdata import codec
 from iotdata.device._operators import EdgeOperator, EdgeReading
 from iotdata.device._queue import Lease, QueueConfig, QueueStats, ReadingQueue
 from iotdata.errors import ClosedError, ConnectionLostError, InvalidInputError
 from iotdata.model import Batch, Column, Value, validate_device_id
-from iotdata.mqtt import (
-    Delivery,
-    LocalBroker,
-    LocalConnection,
-    MqttConnection,
-    MqttSettings,
-    Topics,
-    Will,
-)
+from iotdata.mqtt import Delivery, MqttSettings, Topics, Will
+
+if TYPE_CHECKING:
+    # The transports load paho-mqtt (or the in-process broker) when a client connects.
+    import paho.mqtt.client as paho
+
+    from iotdata.mqtt import LocalBroker, LocalConnection, MqttConnection
 
 __all__ = ["DeviceClient", "DeviceStats"]
 
@@ -167,9 +164,11 @@ class DeviceClient:
     def _start(self, backoff: Any) -> None:
         will = Will(self.topics.state(self.device_id), _state(online=False), retain=True)
         events = {"on_connect": self._on_connect, "on_disconnect": self._on_disconnect}
-        if isinstance(self.settings, LocalBroker):
+        if not isinstance(self.settings, MqttSettings):
             self._connection = self.settings.connect(self.device_id, will=will, **events)
         else:
+            from iotdata.mqtt._connection import MqttConnection  # noqa: PLC0415
+
             extra = {"backoff": backoff} if backoff is not None else {}
             self._connection = MqttConnection.start(
                 self.settings, self.device_id, will=will, **events, **extra

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from fractions import Fraction
 from operator import attrgetter
 from typing import ClassVar, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
@@ -453,6 +452,8 @@ class RateLimit(_Step):
         burst = max(1, math.ceil(rate)) if self.burst is None else self.burst
         if type(burst) is not int or burst < 1:
             raise InvalidInputError(f"RateLimit burst must be an int >= 1: {self.burst!r}")
+        from fractions import Fraction  # noqa: PLC0415 (exact, and rarely needed)
+
         self._interval_us = math.ceil(Fraction(_US) / Fraction(rate))
         self._tolerance_us = (burst - 1) * self._interval_us
 

@@ -4,16 +4,14 @@
 to connect (``MqttSettings.from_url("mqtts://user:pw@host")``), and :class:`MqttConnection`
 keeps a paho-mqtt 2 connection up with a full-jitter reconnect loop. :class:`LocalBroker` is
 the in-process stand-in with the same connection interface, for the embedded default.
+
+The connection classes load on first use, and with them paho-mqtt and tenacity: a program
+that imports the device client pays for them only once it connects.
 """
 
-from iotdata.mqtt._connection import (
-    ConnectionStats,
-    Delivery,
-    MqttConnection,
-    Will,
-    default_backoff,
-)
-from iotdata.mqtt._local import LocalBroker, LocalConnection, LocalMessage
+from typing import TYPE_CHECKING, Any
+
+from iotdata.mqtt._delivery import ConnectionStats, Delivery, Will, default_backoff
 from iotdata.mqtt._settings import MqttSettings, TlsSettings
 from iotdata.mqtt._topics import Topics
 
@@ -30,3 +28,23 @@ __all__ = [
     "Will",
     "default_backoff",
 ]
+
+if TYPE_CHECKING:
+    from iotdata.mqtt._connection import MqttConnection
+    from iotdata.mqtt._local import LocalBroker, LocalConnection, LocalMessage
+
+_LAZY = {
+    "MqttConnection": "_connection",
+    "LocalBroker": "_local",
+    "LocalConnection": "_local",
+    "LocalMessage": "_local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iotdata.mqtt' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(f"iotdata.mqtt.{module}"), name)

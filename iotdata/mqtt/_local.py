@@ -23,7 +23,7 @@ import attrs
 import paho.mqtt.client as paho
 
 from iotdata.errors import ClosedError, ConnectionLostError
-from iotdata.mqtt._connection import ConnectionStats, Delivery, Will
+from iotdata.mqtt._delivery import ConnectionStats, Delivery, Will
 
 __all__ = ["LocalBroker", "LocalConnection", "LocalMessage"]
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import ssl
-from pathlib import Path
-from typing import Any
+import os.path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
 from iotdata.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["MqttSettings", "TlsSettings"]
 
@@ -18,7 +20,7 @@ _PROTOCOLS = {"5": 5, "5.0": 5, "3.1.1": 4, "311": 4, "4": 4}
 
 
 def _optional_file(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not Path(value).is_file():
+    if value is not None and not os.path.isfile(value):
         raise InvalidInputError(f"{attribute.name}: no such file {value!r}")
 
 
@@ -41,6 +43,8 @@ class TlsSettings:
 
     def context(self) -> ssl.SSLContext:
         """A client context: TLS 1.2 or newer, certificate and host name verified."""
+        import ssl  # noqa: PLC0415 (loaded with the first TLS connection, not at import)
+
         try:
             context = ssl.create_default_context(cafile=self.ca_file)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
