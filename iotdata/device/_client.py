@@ -115,6 +115,7 @@ class DeviceClient:
     _closed: bool = attrs.field(default=False, init=False)
     _flushing: int = attrs.field(default=0, init=False)
     _sender: threading.Thread | None = attrs.field(default=None, init=False)
+    _started: threading.Event = attrs.field(factory=threading.Event, init=False)
     _commands: dict[str, CommandHandler] = attrs.field(factory=dict, init=False)
     _config_handler: ConfigHandler | None = attrs.field(default=None, init=False)
     _config_version: int | None = attrs.field(default=None, init=False)
@@ -173,6 +174,7 @@ class DeviceClient:
             self._connection = MqttConnection.start(
                 self.settings, self.device_id, will=will, **events, **extra
             )
+        self._started.set()
         self._connection.subscribe(self.topics.commands(self.device_id), self._on_command)
         self._connection.subscribe(self.topics.config_desired(self.device_id), self._on_config)
         self._sender = threading.Thread(
@@ -438,7 +440,10 @@ class DeviceClient:
     # ------------------------------------------------------------------ connection events
 
     def _on_connect(self) -> None:
-        connection = self._live_connection()
+        self._started.wait(5.0)  # a fast connection may call this before _start stored it
+        connection = self._connection
+        if connection is None:
+            return
         state = self.topics.state(self.device_id)
         with contextlib.suppress(ConnectionLostError):
             connection.publish(state, _state(online=True), retain=True)
