@@ -8,30 +8,10 @@ PUBACK. :meth:`~ReadingQueue.put` stores them and returns only once they are com
 
 Storage
 -------
-One SQLite file per device, in WAL mode, used through one connection under the queue's lock.
-The connection holds the file with an exclusive lock for as long as the queue is open, so a
-second queue on the same file (in this process or another) fails to open instead of sending
-the same readings twice. Two tables:
-
-* ``chunks(first_seq, readings, size, created, frame)``: one row per put (puts larger than 1,024
-  readings become several rows, in the same transaction); reading ``i`` of a row has seq
-  ``first_seq + i``. ``frame`` is a msgpack array ``[metric names, metric index of each
-  reading, ts, values]``, zstd-compressed (level 1) when that is smaller, behind one byte that
-  says which. msgpack keeps every value exact (floats bit for bit, NaN payloads and ``-0.0``
-  included, which SQLite REAL would not; ``1``, ``1.0`` and ``True`` stay apart). ``size`` is the
-  frame's length, what ``max_bytes`` bounds. The frame does not hold seq numbers, so ``put``
-  validates (as :class:`~iotdata.Column` does) and encodes outside the lock. ``created`` is the
-  clock at put time, never decreasing from one row to the next, so the readings older than
-  ``max_age`` are always the oldest rows.
-
-  Why not :mod:`iotdata.codec` frames: on a small device the codec's column encodings cost 5
-  to 10 us a reading in batches of 100 (too slow to store 100,000 readings a second), ``take``
-  would decode them only for the client to encode the merged batch again, and merged batches
-  encode smaller than the small batches of single puts. A msgpack row costs about 1 us a reading
-  to validate and encode, and 5 to 12 bytes a reading in puts of 100 (about 30 for a put of one
-  reading); the codec runs once, on the batch that goes on the wire.
-* ``meta``: the device id (a file of another device is refused), the schema version, and
-  ``seq_limit``, a bound above every seq ever handed out (see below).
+One SQLite file per device, and an intake journal for single-reading appends: their layout, the
+row format, how seq numbers are reserved and what a crash or a power cut can cost under each
+``durability`` are in ``_queue_store.py``. This module decides what is pending, lent,
+acknowledged or deleted.
 
 A lease is always a set of whole rows, so ``ack`` just deletes rows. When ``take`` has to lend
 part of a row (a put larger than ``max_readings`` or ``max_bytes`` of the take), it first splits
@@ -43,37 +23,13 @@ the queue was opened), the released rows below it, and the leases. After a reope
 stored is pending again: unacknowledged readings are sent again; duplicates are possible, loss
 is not, and ``(device_id, seq)`` lets the pipeline drop the duplicates.
 
-Sequence numbers never go backwards: before handing out a seq at or above ``seq_limit``, the
-queue commits a new limit (about a million higher) with ``synchronous=FULL`` (an fsync, whatever
-``durability`` says); a clean :meth:`~ReadingQueue.close` lowers it to the next seq. So after a
-clean close the next seq follows on, and after a crash or a power cut it jumps past every seq
-that may have been used (a gap, never a seq used twice for two readings).
-
-Memory-only queues (``path=None``) are the same code on an SQLite ``:memory:`` database.
-
 Durability
 ----------
-``put`` returns after its transaction is committed, i.e. written to the WAL file.
-
-* **The process dies** (SIGKILL, OOM killer, a crash) under any ``durability``: nothing is lost.
-  A committed transaction is in the operating system's page cache, and the next open replays
-  the WAL. A put interrupted before returning is stored entirely or not at all.
-* **Power cut or kernel crash:**
-
-  - ``"full"``: nothing committed is lost; every commit (put, ack, split) waits for an fsync of
-    the WAL, which bounds the rate of small puts by the disk's fsync rate.
-  - ``"normal"`` (the default): SQLite fsyncs the WAL only before each checkpoint, which it runs
-    once the WAL passes 1,000 pages (4 MiB with the default 4 KiB pages; each put writes at least
-    one page, so up to about 1,000 puts). A power cut can roll back a suffix of the transactions
-    committed since the last checkpoint, in practice those the OS had not yet written back (on
-    Linux dirty pages are written within about 30 s). The file stays consistent; lost puts are
-    lost readings, lost acks are readings sent again; seq numbers are never reused.
-  - ``"off"``: SQLite never fsyncs (except the ``seq_limit`` commits). A power cut can lose
-    anything the OS had not written, checkpointed rows included, and can corrupt the file.
-
-* **Memory-only**: every unacknowledged reading is lost with the process. Seq numbers start at
-  the clock in microseconds (``QueueConfig.first_seq`` overrides), so that a restarted device
-  does not reuse a ``(device_id, seq)``.
+``put`` returns once its transaction is committed, ``append`` once its journal record is
+written: when the process dies, under any ``durability``, nothing is lost. A memory-only queue
+loses every unacknowledged reading with the process; its seq numbers start at the clock in
+microseconds (``QueueConfig.first_seq`` overrides), so that a restarted device does not reuse a
+``(device_id, seq)``.
 """
 
 from __future__ import annotations
@@ -84,25 +40,16 @@ import itertools
 import logging
 import math
 import os
-import sqlite3
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Literal
 
 import attrs
-import msgpack
-import zstandard
 
-from iotdata.errors import (
-    InvalidInputError,
-    QueueClosedError,
-    QueueFullError,
-    QueueStorageError,
-)
-from iotdata.model import MAX_STRING_LENGTH, Batch, Column, Value, validate_device_id
+from iotdata.device._queue_store import CHUNK_READINGS, Chunk, Journal, Store, encode_rows, merge
+from iotdata.errors import InvalidInputError, QueueClosedError, QueueFullError, QueueStorageError
+from iotdata.model import Batch, Value, validate_device_id
 
 __all__ = [
     "Lease",
@@ -118,33 +65,11 @@ __all__ = [
 log = logging.getLogger("iotdata.device")
 
 _MIB = 1024 * 1024
-#: Most readings in one stored row (bounds what splitting a row costs).
-_CHUNK_READINGS = 1024
-#: How far past the seq in use the durable ``seq_limit`` is moved at a time.
-_SEQ_RESERVATION = 1 << 20
-_SCHEMA = 1
-_BUSY_TIMEOUT_MS = 1000
 #: Least interval between two warnings about dropped or expired readings, in seconds.
 _WARN_INTERVAL = 60.0
 #: A blocked put looks again at least this often (readings may have expired meanwhile).
 _WAIT_SLICE = 1.0
 _lease_ids = itertools.count(1)  # unique in the process: a stale lease never matches a new one
-_RAW, _ZSTD = b"\x00", b"\x01"  # the first byte of a frame
-_local = threading.local()
-
-_CREATE = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)",
-    "CREATE TABLE chunks (first_seq INTEGER PRIMARY KEY, readings INTEGER NOT NULL,"
-    " size INTEGER NOT NULL, created REAL NOT NULL, frame BLOB NOT NULL)",
-)
-_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
-_INSERT = "INSERT INTO chunks VALUES (?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM chunks WHERE first_seq = ?"
-_SHRINK = "UPDATE chunks SET readings = ?, size = ?, frame = ? WHERE first_seq = ?"
-_SCAN = "SELECT first_seq, readings, size, created FROM chunks WHERE first_seq >= ? ORDER BY 1"
-_FRAMES = "SELECT first_seq, frame FROM chunks WHERE first_seq BETWEEN ? AND ?"
-_TOTALS = "SELECT coalesce(sum(readings), 0), coalesce(sum(size), 0) FROM chunks"
-_LAST = "SELECT first_seq + readings, created FROM chunks ORDER BY first_seq DESC LIMIT 1"
 
 
 class Overflow(enum.Enum):
@@ -159,8 +84,7 @@ class Overflow(enum.Enum):
 
 
 def _positive_int(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if type(value) is not int or value < 1:
-        raise InvalidInputError(f"{attribute.name} must be a positive int, got {value!r}")
+    _check_limit(attribute.name, value)
 
 
 def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -247,223 +171,7 @@ class Lease:
     readings: int
 
 
-class _Chunk(NamedTuple):
-    """One stored row, without its frame. Sorts by first_seq."""
-
-    first_seq: int
-    readings: int
-    size: int
-    created: float
-
-    @property
-    def end(self) -> int:
-        return self.first_seq + self.readings
-
-
-@contextlib.contextmanager
-def _storage_errors(where: str) -> Iterator[None]:
-    """The one boundary where SQLite errors become iotdata errors."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        hint = " (another ReadingQueue holds it open)" if "locked" in str(exc) else ""
-        raise QueueStorageError(f"reading queue {where}: {exc}{hint}") from exc
-
-
-@attrs.define
-class _Store:
-    """The SQLite side of a queue: one connection, always used under the queue's lock."""
-
-    conn: sqlite3.Connection
-    where: str
-    synchronous: str
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str] | None, durability: str) -> _Store:
-        where = ":memory:" if path is None else os.fspath(path)
-        with _storage_errors(where):
-            conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
-        store = cls(conn, where, durability.upper())
-        try:
-            with _storage_errors(where):
-                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-                [(mode,)] = conn.execute("PRAGMA journal_mode = WAL").fetchall()
-                if path is not None and mode != "wal":
-                    raise QueueStorageError(f"{where}: SQLite cannot use WAL mode here ({mode})")
-                conn.execute(f"PRAGMA synchronous = {store.synchronous}")
-        except BaseException:
-            conn.close()
-            raise
-        return store
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, committed on exit, rolled back on any exception."""
-        with _storage_errors(self.where):
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-
-    def attach(self, device_id: str) -> dict[str, Any]:
-        """Create the tables of a new queue, or check an existing file; return its meta."""
-        with self.transaction() as tx:
-            tables = {name for (name,) in tx.execute("SELECT name FROM sqlite_master")}
-            if not tables:
-                for statement in _CREATE:
-                    tx.execute(statement)
-                tx.executemany(
-                    _SET_META, [("schema", _SCHEMA), ("device_id", device_id), ("seq_limit", 0)]
-                )
-            elif not {"meta", "chunks"} <= tables:
-                raise QueueStorageError(f"{self.where} is not an iotdata reading queue")
-            meta = dict(tx.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("schema") != _SCHEMA:
-            raise QueueStorageError(f"{self.where}: unsupported queue schema {meta.get('schema')}")
-        if meta.get("device_id") != device_id:
-            raise InvalidInputError(
-                f"queue file {self.where} belongs to device {meta.get('device_id')!r}, "
-                f"not {device_id!r}"
-            )
-        return meta
-
-    def query(self, sql: str, *args: object) -> list[Any]:
-        with _storage_errors(self.where):
-            return self.conn.execute(sql, args).fetchall()
-
-    def scan(self, from_seq: int) -> Generator[_Chunk, None, None]:
-        """Rows from ``from_seq`` on, oldest first, read lazily (close the iterator)."""
-        with _storage_errors(self.where):
-            cursor = self.conn.execute(_SCAN, (from_seq,))
-            try:
-                for row in cursor:
-                    yield _Chunk(*row)
-            finally:
-                cursor.close()
-
-    def reserve(self, seq_limit: int) -> None:
-        """Commit ``seq_limit`` with an fsync, whatever the configured durability."""
-        with _storage_errors(self.where):
-            self.conn.execute("PRAGMA synchronous = FULL")
-            try:
-                with self.transaction() as tx:
-                    tx.execute(_SET_META, ("seq_limit", seq_limit))
-            finally:
-                self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-
-    def close(self, seq_limit: int) -> None:
-        """Record the exact next seq (so a clean reopen leaves no gap) and close."""
-        try:
-            with self.transaction() as tx:
-                tx.execute(_SET_META, ("seq_limit", seq_limit))
-        except QueueStorageError as exc:
-            log.warning("closing %s: next seq not recorded, it will jump: %s", self.where, exc)
-        finally:
-            self.conn.close()
-
-
-class _Part(NamedTuple):
-    """The readings of one stored row, in put order: reading ``i`` has seq ``first_seq + i``."""
-
-    names: tuple[str, ...]
-    #: The metric of each reading, as an index into ``names``.
-    metric_of: tuple[int, ...]
-    ts: tuple[int, ...]
-    values: tuple[Value, ...]
-
-    @classmethod
-    def validated(cls, readings: Sequence[tuple[str, int, Value]]) -> _Part:
-        """Check ``(metric, ts, value)`` readings as :class:`~iotdata.Column` does."""
-        try:
-            metrics, ts, values = zip(*readings, strict=True)
-            names = tuple(dict.fromkeys(metrics))
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"readings must be (metric, ts, value) tuples: {exc}") from None
-        for name in names[1:]:
-            Column(name, (), (), ())
-        column = Column(names[0], ts, values, range(len(ts)))  # values normalized, e.g. numpy
-        if len(names) == 1:
-            return cls(names, (0,) * len(ts), column.ts, column.values)
-        position = {name: i for i, name in enumerate(names)}
-        return cls(names, tuple(position[m] for m in metrics), column.ts, column.values)
-
-    @classmethod
-    def from_frame(cls, frame: bytes, where: str) -> _Part:
-        try:
-            body = frame[1:] if frame[:1] == _RAW else _zstd()[1].decompress(frame[1:])
-            names, metric_of, ts, values = msgpack.unpackb(body, raw=False, use_list=False)
-        except Exception as exc:
-            raise QueueStorageError(f"reading queue {where}: corrupt row ({exc})") from exc
-        return cls(names, metric_of, ts, values)
-
-    def frame(self) -> bytes:
-        body: bytes = msgpack.packb(self, use_bin_type=True)
-        compressed: bytes = _zstd()[0].compress(body)
-        return _ZSTD + compressed if len(compressed) < len(body) else _RAW + body
-
-    def split(self, cut: int) -> tuple[_Part, _Part]:
-        head = self._replace(
-            metric_of=self.metric_of[:cut], ts=self.ts[:cut], values=self.values[:cut]
-        )
-        tail = self._replace(
-            metric_of=self.metric_of[cut:], ts=self.ts[cut:], values=self.values[cut:]
-        )
-        return head, tail
-
-
-def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    """This thread's zstd contexts (they are not thread-safe)."""
-    contexts: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None
-    contexts = getattr(_local, "zstd", None)
-    if contexts is None:
-        contexts = _local.zstd = (zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor())
-    return contexts
-
-
-def _frames(readings: Sequence[tuple[str, int, Value]]) -> list[tuple[int, bytes]]:
-    """``(readings, frame)`` of each row the readings will be stored in."""
-    if not isinstance(readings, Sequence) or isinstance(readings, (str, bytes)):
-        raise InvalidInputError(f"readings must be a sequence of tuples, got {readings!r}")
-    frames = []
-    for start in range(0, len(readings), _CHUNK_READINGS):
-        part = _Part.validated(readings[start : start + _CHUNK_READINGS])
-        frames.append((len(part.ts), part.frame()))
-    return frames
-
-
-def _merge(device_id: str, parts: list[tuple[int, _Part]]) -> Batch:
-    """One batch, columns per metric, of rows given as ``(first_seq, part)``, oldest first."""
-    grouped: dict[str, tuple[list[int], list[Value], list[int]]] = {}
-    for base, part in parts:
-        columns = [grouped.setdefault(name, ([], [], [])) for name in part.names]
-        if len(columns) == 1:
-            columns[0][0].extend(part.ts)
-            columns[0][1].extend(part.values)
-            columns[0][2].extend(range(base, base + len(part.ts)))
-            continue
-        for seq, (metric, ts, value) in enumerate(
-            zip(part.metric_of, part.ts, part.values, strict=True), base
-        ):
-            column = columns[metric]
-            column[0].append(ts)
-            column[1].append(value)
-            column[2].append(seq)
-    return Batch._trusted(
-        device_id,
-        tuple(
-            Column._trusted(name, tuple(ts), tuple(values), tuple(seq))
-            for name, (ts, values, seq) in grouped.items()
-            if ts  # a split row may keep names it no longer uses
-        ),
-    )
-
-
-def _cut(chunk: _Chunk, max_readings: int, max_bytes: int | None) -> int:
+def _cut(chunk: Chunk, max_readings: int, max_bytes: int | None) -> int:
     """How many readings of ``chunk`` (the first of a lease) the lease may hold."""
     cut = min(chunk.readings, max_readings)
     if max_bytes is not None and chunk.size > max_bytes:
@@ -481,76 +189,6 @@ def _check_lease(lease: object) -> None:
         raise InvalidInputError(f"expected a Lease from ReadingQueue.take, got {lease!r}")
 
 
-_RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
-_PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
-_INT_RANGE = (-(2**63), 2**64 - 1)
-
-
-class _Journal:
-    """The intake journal: one appended record per single-reading append, absorbed in bulk.
-
-    A record is its length and CRC-32, then msgpack ``[seq, metric, ts, value]``. One
-    ``os.write`` per record reaches the operating system before ``append`` returns, so the
-    reading survives the death of the process as a committed WAL transaction does; with
-    ``durability="full"`` each record is also fsynced.
-    """
-
-    def __init__(self, path: str, sync: bool) -> None:
-        self.path = path
-        self.sync = sync
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.packer = msgpack.Packer()
-
-    def write(self, payload: bytes) -> None:
-        os.write(self.fd, _RECORD.pack(len(payload), zlib.crc32(payload)) + payload)
-        if self.sync:
-            os.fsync(self.fd)
-
-    def truncate(self) -> None:
-        os.ftruncate(self.fd, 0)
-
-    def close(self) -> None:
-        os.close(self.fd)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-
-    @staticmethod
-    def read(path: str) -> list[tuple[int, str, int, Value]]:
-        """The records of a journal left by a previous run, up to the first torn one."""
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        records, pos = [], 0
-        while pos + _RECORD.size <= len(data):
-            size, crc = _RECORD.unpack_from(data, pos)
-            payload = data[pos + _RECORD.size : pos + _RECORD.size + size]
-            if len(payload) != size or zlib.crc32(payload) != crc:
-                break  # the tail of an append that never returned
-            seq, metric, ts, value = msgpack.unpackb(payload, raw=False)
-            records.append((seq, metric, ts, value))
-            pos += _RECORD.size + size
-        return records
-
-
-def _replay(store: _Store, records: list[tuple[int, str, int, Value]], now: float) -> None:
-    """Store the journal records newer than the stored rows (older ones were absorbed)."""
-    last = store.query(_LAST)
-    end = last[0][0] if last else -1
-    fresh = [r for r in records if r[0] >= end]
-    if not fresh:
-        return
-    rows = []
-    for start in range(0, len(fresh), _CHUNK_READINGS):
-        part = fresh[start : start + _CHUNK_READINGS]
-        frame = _Part.validated([(m, ts, v) for _, m, ts, v in part]).frame()
-        rows.append((part[0][0], len(part), len(frame), now, frame))
-    with store.transaction() as tx:
-        tx.executemany(_INSERT, rows)
-    log.info("recovered %d readings from %s", len(fresh), store.where)
-
-
 @attrs.define(eq=False, repr=False)
 class ReadingQueue:
     """The durable queue of one device's readings. Open it with :meth:`open`.
@@ -561,28 +199,23 @@ class ReadingQueue:
 
     device_id: str
     config: QueueConfig
-    _store: _Store
+    _store: Store
     _clock: Callable[[], float]
     _next_seq: int
-    _seq_limit: int
     _last_created: float
     _queued: int
     _queued_bytes: int
     _cond: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     _frontier: int = attrs.field(default=0, init=False)
-    _released: list[_Chunk] = attrs.field(factory=list, init=False)
-    _leases: dict[int, list[_Chunk]] = attrs.field(factory=dict, init=False)
+    _released: list[Chunk] = attrs.field(factory=list, init=False)
+    _leases: dict[int, list[Chunk]] = attrs.field(factory=dict, init=False)
     _in_flight: int = attrs.field(default=0, init=False)
     _acknowledged: int = attrs.field(default=0, init=False)
     _dropped: int = attrs.field(default=0, init=False)
     _expired: int = attrs.field(default=0, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _last_warning: float = attrs.field(default=-math.inf, init=False)
-    _journal: _Journal | None = attrs.field(default=None, init=False)
-    _intake: list[tuple[str, int, Value]] = attrs.field(factory=list, init=False)
-    _intake_first: int = attrs.field(default=0, init=False)
-    _intake_bytes: int = attrs.field(default=0, init=False)
-    _names: set[str] = attrs.field(factory=set, init=False)
+    _journal: Journal | None = attrs.field(default=None, init=False)
 
     @classmethod
     def open(
@@ -603,27 +236,19 @@ class ReadingQueue:
         validate_device_id(device_id)
         if not isinstance(config, QueueConfig):
             raise InvalidInputError(f"config must be a QueueConfig, got {config!r}")
-        store = _Store.open(config.path, config.durability)
-        journal_path = None if config.path is None else os.fspath(config.path) + "-intake"
+        store = Store.open(config.path, config.durability, device_id, clock)
         try:
-            meta = store.attach(device_id)
-            if journal_path is not None:
-                _replay(store, _Journal.read(journal_path), clock())
-            [(readings, size)] = store.query(_TOTALS)
-            last = store.query(_LAST)
+            readings, size = store.totals()
+            end, created = store.last() or (0, -math.inf)
         except BaseException:
             store.conn.close()
             raise
-        end, created = last[0] if last else (0, -math.inf)
-        seq_limit = max(int(meta["seq_limit"]), end)
         first = config.first_seq
         if first is None:
             first = 0 if config.path is not None else int(clock() * 1_000_000)
-        seq_limit = max(seq_limit, first)
-        queue = cls(device_id, config, store, clock, seq_limit, seq_limit, created, readings, size)
-        if journal_path is not None:
-            queue._journal = _Journal(journal_path, sync=config.durability == "full")
-            queue._journal.truncate()  # what it held is in the store now
+        store.seq_limit = next_seq = max(store.seq_limit, end, first)
+        queue = cls(device_id, config, store, clock, next_seq, created, readings, size)
+        queue._journal = store.open_journal()
         return queue
 
     def __repr__(self) -> str:
@@ -647,7 +272,7 @@ class ReadingQueue:
             QueueFullError: no room (``RAISE``, a ``BLOCK`` timeout, or all in flight).
             QueueClosedError: the queue is or gets closed.
         """
-        frames = _frames(readings)
+        frames = encode_rows(readings)
         count, size = len(readings), sum(len(frame) for _, frame in frames)
         self._check_bounds(count, size)
         deadline = self._deadline()
@@ -676,68 +301,34 @@ class ReadingQueue:
         """
         journal = self._journal
         reading = (metric, ts, value)
-        if journal is None or self.config.max_age is not None or not self._plain(reading):
+        if journal is None or self.config.max_age is not None or not journal.plain(reading):
             return self.put([reading])
         with self._cond:
             self._check_open()
             seq = self._next_seq
-            payload = journal.packer.pack([seq, metric, ts, value])
-            size = len(payload) + _RECORD.size
-            if not self._fits(1, size):
+            record = journal.record(seq, reading)
+            if not self._fits(1, len(record)):
                 return self.put([reading])  # the overflow policy decides (the lock is reentrant)
-            if seq + 1 > self._seq_limit:
-                self._store.reserve(seq + 1 + _SEQ_RESERVATION)
-                self._seq_limit = seq + 1 + _SEQ_RESERVATION
-            journal.write(payload)
-            if not self._intake:
-                self._intake_first = seq
-            self._intake.append(reading)
-            self._intake_bytes += size
+            self._store.cover(seq + 1)
+            journal.append(seq, reading, record)
             self._next_seq = seq + 1
             self._queued += 1
-            self._queued_bytes += size
-            if len(self._intake) >= _CHUNK_READINGS:
+            self._queued_bytes += len(record)
+            if len(journal.readings) >= CHUNK_READINGS:
                 self._absorb()
             if self._queued - 1 == self._in_flight:  # nothing was pending: wake a wait()
                 self._cond.notify_all()
             return seq
 
-    def _plain(self, reading: tuple[str, int, Value]) -> bool:
-        """A cheap version of the model's checks; False sends the reading the careful way."""
-        metric, ts, value = reading
-        kind = type(value)
-        if type(ts) is not int or not -(2**63) <= ts < 2**63 or kind not in _PLAIN_TYPES:
-            return False
-        if kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:  # type: ignore[operator]
-            return False
-        if kind is str and len(value) > MAX_STRING_LENGTH:  # type: ignore[arg-type]
-            return False
-        if metric not in self._names:
-            try:
-                Column(metric, (), (), ())
-            except InvalidInputError:
-                return False
-            if len(self._names) < 4096:
-                self._names.add(metric)
-        return True
-
     def _absorb(self) -> None:
-        """Move the intake into the store as rows (the lock is held)."""
-        if not self._intake:
-            return
+        """Move the journal's readings into the store as rows (the lock is held)."""
         journal = self._journal
-        assert journal is not None
-        rows, seq = [], self._intake_first
+        if journal is None or not journal.readings:
+            return
         created = max(self._clock(), self._last_created)
-        for count, frame in _frames(self._intake):
-            rows.append((seq, count, len(frame), created, frame))
-            seq += count
-        with self._store.transaction() as tx:
-            tx.executemany(_INSERT, rows)
+        stored = self._store.insert(journal.first_seq, encode_rows(journal.readings), created)
         self._last_created = created
-        self._queued_bytes += sum(row[2] for row in rows) - self._intake_bytes
-        self._intake.clear()
-        self._intake_bytes = 0
+        self._queued_bytes += stored - journal.size
         journal.truncate()
 
     def take(self, max_readings: int, *, max_bytes: int | None = None) -> Lease | None:
@@ -760,7 +351,7 @@ class ReadingQueue:
                 batch, taken = self._split_first(chosen[0], cut)
                 chosen = [taken]
             else:
-                batch = self._load(chosen)
+                batch = merge(self.device_id, self._store.load(chosen))
             return self._lend(chosen, batch)
 
     def ack(self, lease: Lease) -> None:
@@ -774,8 +365,7 @@ class ReadingQueue:
             chunks = self._leases.get(lease.id)
             if chunks is None:
                 return
-            with self._store.transaction() as tx:
-                tx.executemany(_DELETE, [(c.first_seq,) for c in chunks])
+            self._store.delete(chunks)
             del self._leases[lease.id]
             readings = sum(c.readings for c in chunks)
             self._in_flight -= readings
@@ -877,37 +467,29 @@ class ReadingQueue:
         self,
         frames: list[tuple[int, bytes]],
         now: float,
-        expired: list[_Chunk],
-        dropped: list[_Chunk],
+        expired: list[Chunk],
+        dropped: list[Chunk],
     ) -> int:
         first = self._next_seq
         end = first + sum(count for count, _ in frames)
-        if end > self._seq_limit:
-            self._store.reserve(end + _SEQ_RESERVATION)
-            self._seq_limit = end + _SEQ_RESERVATION
+        self._store.cover(end)
         created = max(now, self._last_created)
-        rows, seq = [], first
-        for count, frame in frames:
-            rows.append((seq, count, len(frame), created, frame))
-            seq += count
-        with self._store.transaction() as tx:
-            tx.executemany(_DELETE, [(c.first_seq,) for c in expired + dropped])
-            tx.executemany(_INSERT, rows)
+        stored = self._store.insert(first, frames, created, gone=expired + dropped)
         self._next_seq, self._last_created = end, created
         self._queued += end - first
-        self._queued_bytes += sum(row[2] for row in rows)
+        self._queued_bytes += stored
         self._forget(expired, dropped)
         self._cond.notify_all()
         return first
 
     # -- removal of expired and dropped readings -------------------------------------------
 
-    def _pending(self) -> Generator[_Chunk, None, None]:
+    def _pending(self) -> Generator[Chunk, None, None]:
         """Pending rows, oldest first: released ones, then those never lent. Close it."""
         yield from self._released
         yield from self._store.scan(self._frontier)
 
-    def _plan_removal(self, now: float, count: int, size: int) -> tuple[list[_Chunk], list[_Chunk]]:
+    def _plan_removal(self, now: float, count: int, size: int) -> tuple[list[Chunk], list[Chunk]]:
         """Pending rows that expired, and (DROP_OLDEST) those to drop for ``count``/``size``."""
         max_age, limit = self.config.max_age, self.config.max_readings
         excess = max(self._queued + count - limit, 0) if limit is not None else 0
@@ -916,8 +498,8 @@ class ReadingQueue:
         if max_age is None and not drop:
             return [], []
         cutoff = -math.inf if max_age is None else now - max_age
-        expired: list[_Chunk] = []
-        dropped: list[_Chunk] = []
+        expired: list[Chunk] = []
+        dropped: list[Chunk] = []
         with contextlib.closing(self._pending()) as pending:
             for chunk in pending:
                 if chunk.created < cutoff:
@@ -932,11 +514,10 @@ class ReadingQueue:
     def _expire(self, now: float) -> None:
         expired, _ = self._plan_removal(now, 0, 0)
         if expired:
-            with self._store.transaction() as tx:
-                tx.executemany(_DELETE, [(c.first_seq,) for c in expired])
+            self._store.delete(expired)
             self._forget(expired, [])
 
-    def _forget(self, expired: list[_Chunk], dropped: list[_Chunk]) -> None:
+    def _forget(self, expired: list[Chunk], dropped: list[Chunk]) -> None:
         """Account for deleted pending rows."""
         if not expired and not dropped:
             return
@@ -962,9 +543,9 @@ class ReadingQueue:
 
     # -- take -----------------------------------------------------------------------------
 
-    def _choose(self, max_readings: int, max_bytes: int | None) -> tuple[list[_Chunk], int]:
+    def _choose(self, max_readings: int, max_bytes: int | None) -> tuple[list[Chunk], int]:
         """The rows of the next lease, and the cut of the first one when it must be split."""
-        chosen: list[_Chunk] = []
+        chosen: list[Chunk] = []
         readings = size = 0
         with contextlib.closing(self._pending()) as pending:
             for chunk in pending:
@@ -982,30 +563,16 @@ class ReadingQueue:
                     break
         return chosen, 0
 
-    def _split_first(self, chunk: _Chunk, cut: int) -> tuple[Batch, _Chunk]:
+    def _split_first(self, chunk: Chunk, cut: int) -> tuple[Batch, Chunk]:
         """Split the first pending row after ``cut`` readings; return the head part."""
-        [(_, frame)] = self._store.query(_FRAMES, chunk.first_seq, chunk.first_seq)
-        head, tail = _Part.from_frame(frame, self._store.where).split(cut)
-        head_frame, tail_frame = head.frame(), tail.frame()
-        taken = chunk._replace(readings=cut, size=len(head_frame))
-        rest = _Chunk(chunk.first_seq + cut, chunk.readings - cut, len(tail_frame), chunk.created)
-        with self._store.transaction() as tx:
-            tx.execute(_SHRINK, (cut, taken.size, head_frame, chunk.first_seq))
-            tx.execute(_INSERT, (*rest, tail_frame))
+        head, taken, rest = self._store.split(chunk, cut)
         self._queued_bytes += taken.size + rest.size - chunk.size
         if self._released and self._released[0] == chunk:
             self._released[0] = rest  # the taken part leaves the released list below
             self._released.insert(0, taken)
-        return _merge(self.device_id, [(chunk.first_seq, head)]), taken
+        return merge(self.device_id, [(chunk.first_seq, head)]), taken
 
-    def _load(self, chosen: list[_Chunk]) -> Batch:
-        rows = self._store.query(_FRAMES, chosen[0].first_seq, chosen[-1].first_seq)
-        frames = dict(rows)
-        where = self._store.where
-        parts = [(c.first_seq, _Part.from_frame(frames[c.first_seq], where)) for c in chosen]
-        return _merge(self.device_id, parts)
-
-    def _lend(self, chosen: list[_Chunk], batch: Batch) -> Lease:
+    def _lend(self, chosen: list[Chunk], batch: Batch) -> Lease:
         released = 0
         while released < len(chosen) and released < len(self._released):
             if self._released[released] != chosen[released]:
@@ -1019,7 +586,7 @@ class ReadingQueue:
         self._in_flight += lease.readings
         return lease
 
-    def _make_pending(self, chunks: list[_Chunk]) -> None:
+    def _make_pending(self, chunks: list[Chunk]) -> None:
         self._released.extend(chunks)
         self._released.sort()
         self._in_flight -= sum(c.readings for c in chunks)

@@ -7,72 +7,20 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 import tenacity
 
-from iotdata import codec
 from iotdata.device import DeviceClient, QueueConfig
 from iotdata.mqtt import MqttConnection, MqttSettings, Topics
 from tests._brokers import PrivateBroker
+from tests._helpers import Collector
 
 pytestmark = pytest.mark.mqtt
 FAST = tenacity.wait_fixed(0.2)
-
-
-class Collector:
-    """A cloud-side subscriber that decodes telemetry frames and records every (device, seq)."""
-
-    def __init__(
-        self, url: str, topics: Topics, client_id: str, *, persistent: bool = False
-    ) -> None:
-        self.seqs: list[tuple[str, int]] = []
-        self.values: dict[tuple[str, int], object] = {}
-        self.other: list[tuple[str, bytes]] = []
-        self._cond = threading.Condition()
-        # A persistent session: what the broker queues for us while we are away is not lost.
-        session = {"clean_start": False, "session_expiry": 3600} if persistent else {}
-        self.connection = MqttConnection.start(
-            MqttSettings.from_url(url), client_id, backoff=FAST, **session
-        )
-        self.connection.wait_connected(10)
-        self.connection.subscribe(topics.all_telemetry(), self._telemetry)
-        self.connection.subscribe(f"{topics.prefix}/+/state", self._other)
-        self.connection.subscribe(f"{topics.prefix}/+/commands/+/result", self._other)
-        self.connection.subscribe(f"{topics.prefix}/+/config/reported", self._other)
-        time.sleep(0.3)
-
-    def _telemetry(self, message: paho.MQTTMessage) -> None:
-        batch = codec.decode(message.payload)
-        with self._cond:
-            for reading in sorted(batch, key=lambda r: r.seq):
-                self.seqs.append((reading.device_id, reading.seq))
-                self.values[reading.device_id, reading.seq] = reading.value
-            self._cond.notify_all()
-
-    def _other(self, message: paho.MQTTMessage) -> None:
-        with self._cond:
-            self.other.append((message.topic, bytes(message.payload)))
-            self._cond.notify_all()
-
-    def wait_for(self, expected: set[tuple[str, int]], timeout: float = 30) -> None:
-        with self._cond:
-            done = self._cond.wait_for(lambda: expected <= set(self.seqs), timeout)
-            missing = sorted(expected - set(self.seqs))[:10]
-            assert done, f"{len(expected - set(self.seqs))} readings missing, e.g. {missing}"
-
-    def wait_other(self, predicate: object, timeout: float = 10) -> list[tuple[str, bytes]]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self.other), timeout), self.other  # type: ignore[operator]
-            return list(self.other)
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 def first_arrival_order(seqs: list[tuple[str, int]], device: str) -> list[int]:

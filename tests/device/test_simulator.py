@@ -5,19 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 import tenacity
 
 import iotdata
-from iotdata import InvalidInputError, codec
+from iotdata import InvalidInputError
 from iotdata.cli import main
 from iotdata.device._simulator import (
     ANOMALY_KINDS,
@@ -31,8 +28,9 @@ from iotdata.device._simulator import (
     save_anomalies,
 )
 from iotdata.model import ts_from_datetime
-from iotdata.mqtt import MqttConnection, MqttSettings, Topics
+from iotdata.mqtt import Topics
 from tests._brokers import PrivateBroker
+from tests._helpers import Collector, run_cli
 
 FAST = tenacity.wait_fixed(0.2)
 START = 1_700_000_000_000_000
@@ -170,47 +168,6 @@ def test_bad_settings_are_refused() -> None:
 # ---------------------------------------------------------------------------------- on a broker
 
 
-class Received:
-    """A cloud-side subscriber: decodes every telemetry frame under the topics' prefix."""
-
-    def __init__(
-        self, url: str, topics: Topics, client_id: str, *, persistent: bool = False
-    ) -> None:
-        self.readings: dict[tuple[str, int], tuple[int, object]] = {}
-        self.copies: Counter[tuple[str, int]] = Counter()
-        self.frames = 0
-        self._cond = threading.Condition()
-        session = {"clean_start": False, "session_expiry": 3600} if persistent else {}
-        self.connection = MqttConnection.start(
-            MqttSettings.from_url(url), client_id, backoff=FAST, **session
-        )
-        self.connection.wait_connected(10)
-        self.connection.subscribe(topics.all_telemetry(), self._telemetry)
-        time.sleep(0.3)
-
-    def _telemetry(self, message: paho.MQTTMessage) -> None:
-        batch = codec.decode(message.payload)
-        assert message.topic.endswith(f"/{batch.device_id}/telemetry")
-        with self._cond:
-            self.frames += 1
-            for reading in batch:
-                assert reading.metric == "temp"
-                self.readings[reading.device_id, reading.seq] = (reading.ts, reading.value)
-                self.copies[reading.device_id, reading.seq] += 1
-            self._cond.notify_all()
-
-    def wait_for(self, expected: set[tuple[str, int]], timeout: float = 30) -> None:
-        with self._cond:
-            done = self._cond.wait_for(lambda: expected <= self.readings.keys(), timeout)
-            missing = expected - self.readings.keys()
-            assert done, f"{len(missing)} readings missing, e.g. {sorted(missing)[:5]}"
-            extra = self.readings.keys() - expected
-            assert not extra, f"unexpected readings, e.g. {sorted(extra)[:5]}"
-
-    def close(self) -> None:
-        self.connection.close()
-
-
 def expected_set(summary: SimulationSummary) -> set[tuple[str, int]]:
     return {(device, seq) for device, count in summary.generated.items() for seq in range(count)}
 
@@ -220,14 +177,14 @@ def test_a_fleet_delivers_every_generated_reading(
     mqtt_url: str, unique_name: str, tmp_path: Path
 ) -> None:
     topics = Topics(unique_name)
-    received = Received(mqtt_url, topics, f"{unique_name}-cloud")
+    received = Collector(mqtt_url, topics, f"{unique_name}-cloud", metric="temp")
     simulator = FleetSimulator(
         mqtt=mqtt_url, devices=200, rate=1.0, topics=topics, seed=5, anomaly_rate=0.02,
         wall_clock=lambda: START,
     )  # fmt: skip
     try:
         summary = simulator.run(readings_per_device=20)
-        received.wait_for(expected_set(summary))
+        received.wait_for(expected_set(summary), exact=True)
     finally:
         received.close()
     assert len(summary.generated) == 200
@@ -264,14 +221,14 @@ def test_replay_publishes_recorded_values_bit_exactly_in_order(
     files = sorted(nab_dir.glob("*.csv"))[:2]
     recorded = [read_series(path) for path in files]
     topics = Topics(unique_name)
-    received = Received(mqtt_url, topics, f"{unique_name}-cloud")
+    received = Collector(mqtt_url, topics, f"{unique_name}-cloud", metric="temp")
     simulator = FleetSimulator(
         mqtt=mqtt_url, devices=2, rate=1.0, topics=topics, replay=nab_dir, wall_clock=lambda: START
     )
     count = 3000
     try:
         summary = simulator.run(readings_per_device=count)
-        received.wait_for(expected_set(summary))
+        received.wait_for(expected_set(summary), exact=True)
     finally:
         received.close()
     assert summary.readings_generated == 2 * count and summary.events == ()
@@ -311,7 +268,7 @@ def test_real_time_runs_on_an_injected_clock(mqtt_url: str, unique_name: str) ->
     """10 devices at 2 readings/s for 5 s of virtual time; batches linger at most 1 s."""
     clock = VirtualClock()
     topics = Topics(unique_name)
-    received = Received(mqtt_url, topics, f"{unique_name}-cloud")
+    received = Collector(mqtt_url, topics, f"{unique_name}-cloud", metric="temp")
     snapshots: list[SimulationSummary] = []
     simulator = FleetSimulator(
         mqtt=mqtt_url, devices=10, rate=2.0, topics=topics, anomaly_rate=0,
@@ -320,7 +277,7 @@ def test_real_time_runs_on_an_injected_clock(mqtt_url: str, unique_name: str) ->
     started = time.monotonic()
     try:
         summary = simulator.run(duration=5, progress=snapshots.append, progress_every=1)
-        received.wait_for(expected_set(summary))
+        received.wait_for(expected_set(summary), exact=True)
     finally:
         received.close()
     assert time.monotonic() - started < 5  # virtual time, not wall time
@@ -341,7 +298,9 @@ def test_frames_lost_with_the_connection_are_published_again(
     private_broker.persistent = True
     private_broker.start()
     topics = Topics(unique_name)
-    received = Received(private_broker.url, topics, f"{unique_name}-cloud", persistent=True)
+    received = Collector(
+        private_broker.url, topics, f"{unique_name}-cloud", persistent=True, metric="temp"
+    )
     simulator = FleetSimulator(
         mqtt=private_broker.url, devices=50, rate=20.0, topics=topics, batch_size=10,
         backoff=FAST,
@@ -358,7 +317,7 @@ def test_frames_lost_with_the_connection_are_published_again(
         assert outcome, "the simulation did not finish"
         summary = outcome[0]
         received.connection.wait_connected(10)
-        received.wait_for(expected_set(summary))
+        received.wait_for(expected_set(summary), exact=True)
     finally:
         simulator.stop()
         received.close()
@@ -389,13 +348,13 @@ def test_a_broker_gone_for_good_is_an_error_not_a_hang(
 @pytest.mark.mqtt
 def test_two_thousand_devices_from_one_process(mqtt_url: str, unique_name: str) -> None:
     topics = Topics(unique_name)
-    received = Received(mqtt_url, topics, f"{unique_name}-cloud")
+    received = Collector(mqtt_url, topics, f"{unique_name}-cloud", metric="temp")
     simulator = FleetSimulator(mqtt=mqtt_url, devices=2000, rate=1.0, topics=topics)
     started = time.monotonic()
     try:
         summary = simulator.run(readings_per_device=5)
         elapsed = time.monotonic() - started
-        received.wait_for(expected_set(summary), timeout=60)
+        received.wait_for(expected_set(summary), timeout=60, exact=True)
     finally:
         received.close()
     assert summary.readings_acknowledged == summary.readings_generated > 9000
@@ -406,16 +365,6 @@ def test_two_thousand_devices_from_one_process(mqtt_url: str, unique_name: str) 
 
 
 # ---------------------------------------------------------------------------------- the command
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iotdata.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.mqtt
