@@ -14,6 +14,8 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "DecodeError",
+    "DeliveryError",
+    "DeliveryTimeoutError",
     "EdgeOperatorError",
     "EncodeError",
     "InvalidInputError",
@@ -93,3 +95,23 @@ class QueueClosedError(ClosedError):
 class QueueStorageError(IotDataError):
     """The queue's SQLite file cannot be used: in use by another queue, not a queue file,
     unreadable, or the disk is full. The SQLite error is the ``__cause__``."""
+
+
+class DeliveryError(IotDataError):
+    """Kafka did not take a record. ``retriable`` says whether sending it again may succeed;
+    the Kafka client's error is the ``__cause__``."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class DeliveryTimeoutError(DeliveryError):
+    """A record was not acknowledged within the producer's ``delivery_timeout``.
+
+    Kafka may still write it later: sending it again can make a duplicate (harmless downstream,
+    where ``(device_id, seq)`` is the key), never a loss.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)

@@ -1,0 +1,480 @@
+"""PartitionedProducer: telemetry into Kafka, keyed and ordered by device, with bounded memory.
+
+Each record goes to the partition Kafka's Java client would choose for its key (murmur2, see
+:mod:`iotdata.kafka._partitioner`), so per-device order holds and consumers in any language
+agree. Records are appended to one open aiokafka batch per partition; a batch goes out when it
+is full or ``linger`` has passed, through aiokafka's batch API, one partition after the other
+in the order the records were accepted. The idempotent producer (on by default) lets aiokafka
+retry without duplicating or reordering.
+
+Two bounds keep a stuck broker from becoming a hang or an unbounded buffer: ``send`` waits while
+``buffer_bytes`` of records are unacknowledged (backpressure), and a record not acknowledged
+within ``delivery_timeout`` fails with :class:`~iotdata.errors.DeliveryTimeoutError`, which also
+stops the producer (later records must not overtake the failed ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import attrs
+
+from iotdata.errors import (
+    ClosedError,
+    ConnectError,
+    DeliveryError,
+    DeliveryTimeoutError,
+    InvalidInputError,
+)
+from iotdata.kafka._partitioner import Partitioner
+
+__all__ = ["Delivered", "PartitionedProducer", "ProducerSettings", "ProducerStats"]
+
+log = logging.getLogger("iotdata.kafka")
+
+Compression = Literal["zstd", "lz4", "gzip"]
+Headers = Sequence[tuple[str, bytes]]
+_COMPRESSIONS = (None, "zstd", "lz4", "gzip")
+_RECORD_OVERHEAD = 64  # bytes Kafka adds around a record, for the buffer accounting
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) not in (int, float) or not value > 0:
+        raise InvalidInputError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ProducerSettings:
+    """Where to send and how; every field has a default that suits telemetry."""
+
+    #: Kafka bootstrap servers, ``host:port[,host:port...]``.
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "iotdata-producer"
+    #: Kafka-level compression. iotdata frames are zstd-compressed already, so None is the
+    #: default; zstd and lz4 need ``pip install 'iotdata[kafka-compression]'``.
+    compression: Compression | None = None
+    #: The idempotent producer: retries never duplicate or reorder within a partition.
+    idempotent: bool = True
+    #: Seconds a partly filled partition batch waits for more records.
+    linger: float = attrs.field(default=0.005, validator=_positive)
+    #: Largest partition batch in bytes (a record larger than this goes alone).
+    batch_bytes: int = attrs.field(default=512 * 1024, validator=_positive)
+    #: Largest request in bytes; keep it at or below the broker's ``message.max.bytes``.
+    max_request_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+    #: Accepted but unacknowledged bytes before ``send`` waits.
+    buffer_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    #: Seconds from ``send`` to acknowledgement before the record fails.
+    delivery_timeout: float = attrs.field(default=120.0, validator=_positive)
+    #: Seconds one request may take before aiokafka retries it.
+    request_timeout: float = attrs.field(default=30.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.compression not in _COMPRESSIONS:
+            raise InvalidInputError(
+                f"compression must be one of zstd, lz4, gzip or None, got {self.compression!r}"
+            )
+        if self.batch_bytes > self.max_request_bytes:
+            raise InvalidInputError("batch_bytes must not exceed max_request_bytes")
+
+    def client_options(self) -> dict[str, Any]:
+        """The aiokafka ``AIOKafkaProducer`` arguments these settings stand for."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "compression_type": self.compression,
+            "enable_idempotence": self.idempotent,
+            "acks": "all",
+            "linger_ms": 0,  # we linger per partition ourselves
+            "max_batch_size": self.batch_bytes,
+            "max_request_size": self.max_request_bytes,
+            "request_timeout_ms": int(self.request_timeout * 1000),
+        }
+
+
+@attrs.frozen
+class Delivered:
+    """Where Kafka wrote a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@attrs.frozen
+class ProducerStats:
+    """A snapshot of a producer."""
+
+    #: Records accepted by ``send``.
+    sent: int
+    #: Records Kafka acknowledged.
+    acknowledged: int
+    #: Records that failed (their futures hold the error).
+    failed: int
+    #: Bytes accepted and not yet acknowledged or failed.
+    buffered_bytes: int
+    #: Partition batches submitted to Kafka.
+    batches: int
+    #: Times ``send`` had to wait for buffer room.
+    waits: int
+
+
+@attrs.define(eq=False)
+class _Open:
+    """The batch being filled for one partition, and the futures of its records."""
+
+    builder: Any
+    futures: list[asyncio.Future[Delivered]] = attrs.Factory(list)
+    size: int = 0
+    started: float = attrs.Factory(time.monotonic)
+
+
+@attrs.define
+class _Lane:
+    """One topic partition: the open batch, sealed batches in order, and the task draining."""
+
+    topic: str
+    partition: int
+    current: _Open | None = None
+    sealed: deque[_Open] = attrs.Factory(deque)
+    wake: asyncio.Event = attrs.Factory(asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+@attrs.define(eq=False)
+class PartitionedProducer:
+    """An asyncio Kafka producer for device telemetry. Build it with :meth:`start`.
+
+    >>> producer = await PartitionedProducer.start(ProducerSettings())  # doctest: +SKIP
+    >>> delivered = await (await producer.send("iot.telemetry", "pump-7", frame))  # doctest: +SKIP
+    """
+
+    settings: ProducerSettings
+    _kafka: Any
+    partitioner: Partitioner = attrs.Factory(Partitioner)
+    _lanes: dict[tuple[str, int], _Lane] = attrs.Factory(dict)
+    _partitions: dict[str, int] = attrs.Factory(dict)
+    _room: asyncio.Event = attrs.Factory(asyncio.Event)
+    _submitted: set[_Open] = attrs.Factory(set)
+    _buffered: int = 0
+    _failure: BaseException | None = None
+    _closed: bool = False
+    _counts: dict[str, int] = attrs.Factory(
+        lambda: dict.fromkeys(("sent", "acknowledged", "failed", "batches", "waits"), 0)
+    )
+
+    @classmethod
+    async def start(
+        cls, settings: ProducerSettings | None = None, **options: Any
+    ) -> PartitionedProducer:
+        """Connect to Kafka; ``options`` override fields of ``settings``.
+
+        Raises :class:`~iotdata.errors.ConnectError` when no bootstrap server answers.
+        """
+        settings = attrs.evolve(settings or ProducerSettings(), **options)
+        from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+        from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+        try:
+            kafka = AIOKafkaProducer(**settings.client_options())
+        except (AssertionError, ValueError, RuntimeError) as exc:  # aiokafka's argument checks
+            hint = " (pip install 'iotdata[kafka-compression]')" if settings.compression else ""
+            raise InvalidInputError(f"Kafka producer settings: {exc}{hint}") from exc
+        try:
+            await kafka.start()
+        except KafkaError as exc:
+            with contextlib.suppress(Exception):
+                await kafka.stop()
+            raise ConnectError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+        return cls(settings, kafka)
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (asked once, then remembered)."""
+        count = self._partitions.get(topic)
+        if count is None:
+            from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+            try:
+                found = await self._kafka.partitions_for(topic)
+            except KafkaError as exc:
+                raise DeliveryError(
+                    f"no metadata for topic {topic!r}: {exc}", retriable=exc.retriable
+                ) from exc
+            count = self._partitions[topic] = len(found)
+        return count
+
+    async def send(
+        self,
+        topic: str,
+        key: str | bytes,
+        value: bytes,
+        *,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[Delivered]:
+        """Accept a record; the returned future resolves to where Kafka wrote it.
+
+        Waits while the buffer is full. Records with the same key keep their order. The future
+        fails with :class:`~iotdata.errors.DeliveryError` (``retriable`` set when sending again
+        may help) or :class:`~iotdata.errors.DeliveryTimeoutError`.
+        """
+        key_bytes = key.encode() if type(key) is str else key
+        if type(key_bytes) is not bytes or type(value) is not bytes:
+            raise InvalidInputError("key must be str or bytes and value bytes")
+        size = len(key_bytes) + len(value) + _RECORD_OVERHEAD
+        size += sum(len(name) + len(data) for name, data in headers)
+        if size > self.settings.max_request_bytes:
+            raise InvalidInputError(
+                f"a {size}-byte record exceeds max_request_bytes={self.settings.max_request_bytes}"
+            )
+        self._check_open()
+        partition = self.partitioner.partition(key_bytes, await self.partitions(topic))
+        await self._reserve(size)
+        future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        try:
+            self._check_open()
+            self._append(
+                topic=topic,
+                partition=partition,
+                key=key_bytes,
+                value=value,
+                headers=headers,
+                timestamp_ms=timestamp_ms,
+                future=future,
+                size=size,
+            )
+        except BaseException:
+            self._release(size)
+            raise
+        self._counts["sent"] += 1
+        return future
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Send every open batch now and wait until everything accepted is acknowledged
+        (or failed). Raises ``TimeoutError`` after ``timeout`` seconds."""
+        for lane in self._lanes.values():
+            self._seal(lane)
+        await asyncio.wait_for(self._wait_room(0), timeout)
+        if self._failure is not None:
+            raise self._failure
+
+    def statistics(self) -> ProducerStats:
+        counts = self._counts
+        return ProducerStats(
+            sent=counts["sent"],
+            acknowledged=counts["acknowledged"],
+            failed=counts["failed"],
+            buffered_bytes=self._buffered,
+            batches=counts["batches"],
+            waits=counts["waits"],
+        )
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        """Deliver what was accepted (up to ``timeout`` seconds), then disconnect.
+
+        Records still unacknowledged after that fail with :class:`ClosedError`. Safe to call
+        twice, and from a cancelled task.
+        """
+        if self._closed:
+            return
+        try:
+            if self._failure is None:
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await self.flush(timeout)
+        finally:
+            self._closed = True
+            for lane in self._lanes.values():
+                if lane.task is not None:
+                    lane.task.cancel()
+            self._fail_all(ClosedError("the producer was closed before Kafka acknowledged"))
+            with contextlib.suppress(Exception):
+                await self._kafka.stop()
+
+    async def __aenter__(self) -> PartitionedProducer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the producer is closed")
+        if self._failure is not None:
+            raise self._failure
+
+    async def _reserve(self, size: int) -> None:
+        limit = self.settings.buffer_bytes - size
+        if self._buffered > limit and self._buffered:
+            self._counts["waits"] += 1
+            await self._wait_room(max(limit, 0))
+            self._check_open()
+        self._buffered += size
+
+    async def _wait_room(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes are buffered (or the producer stopped)."""
+        while self._buffered > limit and not self._closed and self._failure is None:
+            self._room.clear()
+            await self._room.wait()
+
+    def _release(self, size: int) -> None:
+        self._buffered -= size
+        self._room.set()
+
+    def _append(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        headers: Headers,
+        timestamp_ms: int | None,
+        future: asyncio.Future[Delivered],
+        size: int,
+    ) -> None:
+        lane = self._lanes.get((topic, partition))
+        if lane is None:
+            lane = self._lanes[topic, partition] = _Lane(topic, partition)
+            lane.task = asyncio.get_running_loop().create_task(
+                self._drain(lane), name=f"iotdata-kafka-{topic}-{partition}"
+            )
+        header_list = list(headers)
+        for _ in range(2):
+            current = lane.current
+            if current is None:
+                current = lane.current = _Open(self._kafka.create_batch())
+            if current.builder.append(
+                key=key, value=value, timestamp=timestamp_ms, headers=header_list
+            ):
+                current.futures.append(future)
+                current.size += size
+                if len(current.futures) == 1:
+                    lane.wake.set()  # the lane's task starts the linger clock
+                return
+            self._seal(lane)  # full: the record opens the next batch
+        raise InvalidInputError(f"a {size}-byte record does not fit in a Kafka batch")
+
+    def _seal(self, lane: _Lane) -> None:
+        current = lane.current
+        if current is not None and current.futures:
+            lane.current = None
+            lane.sealed.append(current)
+            lane.wake.set()
+
+    async def _drain(self, lane: _Lane) -> None:
+        """Submit the lane's batches one after the other, in order (runs as a task)."""
+        linger = self.settings.linger
+        while True:
+            if not lane.sealed:
+                current = lane.current
+                if current is None or not current.futures:
+                    lane.wake.clear()
+                    await lane.wake.wait()
+                    continue
+                remaining = current.started + linger - time.monotonic()
+                if remaining > 0:
+                    lane.wake.clear()
+                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                        await asyncio.wait_for(lane.wake.wait(), remaining)
+                    continue
+                self._seal(lane)
+            await self._submit(lane, lane.sealed.popleft())
+
+    async def _submit(self, lane: _Lane, batch: _Open) -> None:
+        from aiokafka.errors import KafkaError, KafkaTimeoutError  # noqa: PLC0415
+
+        deadline = batch.started + self.settings.delivery_timeout
+        while True:
+            if time.monotonic() >= deadline:
+                self._expire(lane, batch)
+                return
+            try:
+                acked = await self._kafka.send_batch(
+                    batch.builder, lane.topic, partition=lane.partition
+                )
+                break
+            except KafkaTimeoutError:  # not enqueued: trying again cannot duplicate
+                log.warning("Kafka is slow to take a batch for %s-%s", lane.topic, lane.partition)
+            except KafkaError as exc:
+                error = DeliveryError(
+                    f"Kafka refused a batch for {lane.topic}-{lane.partition}: {exc}",
+                    retriable=bool(getattr(exc, "retriable", False)),
+                )
+                error.__cause__ = exc
+                self._settle(batch, error)
+                return
+        self._counts["batches"] += 1
+        self._submitted.add(batch)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(
+            loop.time() + max(0.0, deadline - time.monotonic()), self._expire, lane, batch
+        )
+        acked.add_done_callback(lambda done: self._acknowledged(lane, batch, done, timer))
+
+    def _acknowledged(
+        self, lane: _Lane, batch: _Open, done: asyncio.Future[Any], timer: asyncio.TimerHandle
+    ) -> None:
+        timer.cancel()
+        self._submitted.discard(batch)
+        if not batch.futures:  # failed already (expired, or the producer closed)
+            return
+        if done.cancelled():
+            self._settle(batch, ClosedError("the producer was closed before Kafka acknowledged"))
+            return
+        exc = done.exception()
+        if exc is not None:
+            error = DeliveryError(
+                f"Kafka did not write a batch for {lane.topic}-{lane.partition}: {exc}",
+                retriable=bool(getattr(exc, "retriable", False)),
+            )
+            error.__cause__ = exc
+            self._settle(batch, error)
+            return
+        base = done.result().offset
+        for index, future in enumerate(batch.futures):
+            if not future.done():
+                future.set_result(Delivered(lane.topic, lane.partition, base + index))
+        self._counts["acknowledged"] += len(batch.futures)
+        self._release(batch.size)
+        batch.futures = []
+
+    def _expire(self, lane: _Lane, batch: _Open) -> None:
+        if all(future.done() for future in batch.futures):
+            return
+        error = DeliveryTimeoutError(
+            f"Kafka did not acknowledge {len(batch.futures)} records for "
+            f"{lane.topic}-{lane.partition} within {self.settings.delivery_timeout} s"
+        )
+        log.error("%s; the producer stops", error)
+        self._failure = error
+        self._settle(batch, error)
+        self._fail_all(error)
+
+    def _settle(self, batch: _Open, error: BaseException) -> None:
+        failed = 0
+        for future in batch.futures:
+            if not future.done():
+                future.set_exception(error)
+                failed += 1
+        self._counts["failed"] += failed
+        if batch.futures:
+            self._release(batch.size)
+        batch.futures = []
+
+    def _fail_all(self, error: BaseException) -> None:
+        for batch in list(self._submitted):
+            self._settle(batch, error)
+        self._submitted.clear()
+        for lane in self._lanes.values():
+            if lane.current is not None:
+                self._settle(lane.current, error)
+                lane.current = None
+            while lane.sealed:
+                self._settle(lane.sealed.popleft(), error)
