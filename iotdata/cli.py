@@ -4,6 +4,8 @@
 sensor series (CSV files ``timestamp,value``; a synthetic fleet when none are given) and prints
 what the readings cost on the wire against JSON. The full embedded pipeline comes next.
 
+``iotdata gateway`` forwards device telemetry from MQTT to Kafka (:mod:`iotdata.gateway`).
+
 ``iotdata simulate`` publishes the telemetry of a simulated fleet (synthetic signals with
 injected anomalies, or replayed CSV series) to an MQTT broker, through
 :class:`iotdata.device.FleetSimulator`.
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from iotdata import __version__, codec
+from iotdata._cli_gateway import add_gateway
+from iotdata._cliargs import mqtt_url, positive_float, positive_int, probability, topics
 from iotdata.device import (
     ANOMALY_KINDS,
     DEFAULT_ANOMALY_RATE,
@@ -32,9 +36,9 @@ from iotdata.device import (
     read_series,
     save_anomalies,
 )
-from iotdata.errors import InvalidInputError, IotDataError
+from iotdata.errors import IotDataError
 from iotdata.model import Batch
-from iotdata.mqtt import MqttSettings, Topics
+from iotdata.mqtt import Topics
 
 __all__ = ["main"]
 
@@ -82,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
     _add_simulate(commands)
+    add_gateway(commands)
     return parser
 
 
@@ -100,20 +105,20 @@ def _add_simulate(commands: Any) -> None:
     simulate.add_argument(
         "--mqtt",
         required=True,
-        type=_mqtt_url,
+        type=mqtt_url,
         metavar="URL",
         help="the broker, e.g. mqtt://127.0.0.1:1883 or mqtts://user:password@host:8883",
     )
     simulate.add_argument(
         "--devices",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="N",
         help="how many devices to simulate (default 100)",
     )
     simulate.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar="R",
         help="readings per second per device; may be fractional, e.g. 0.1 (default 1)",
@@ -121,13 +126,13 @@ def _add_simulate(commands: Any) -> None:
     length = simulate.add_mutually_exclusive_group()
     length.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         metavar="S",
         help="run for S seconds of wall time, each device producing R readings per second",
     )
     length.add_argument(
         "--readings-per-device",
-        type=_positive_int,
+        type=positive_int,
         metavar="K",
         help="give each device K reading slots and run as fast as the broker takes them "
         "(timestamps stay 1/R s apart); dropouts leave some slots empty",
@@ -146,21 +151,21 @@ def _add_simulate(commands: Any) -> None:
     )
     simulate.add_argument(
         "--connections",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="C",
         help="MQTT connections shared by the devices; device i uses connection i %% C (default 4)",
     )
     simulate.add_argument(
         "--batch",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="B",
         help="readings per frame: a device publishes every B readings or after 1 s (default 100)",
     )
     simulate.add_argument(
         "--prefix",
-        type=_topics,
+        type=topics,
         default=Topics(),
         metavar="P",
         help="topic prefix (default iotdata)",
@@ -174,7 +179,7 @@ def _add_simulate(commands: Any) -> None:
     )
     simulate.add_argument(
         "--anomaly-rate",
-        type=_probability,
+        type=probability,
         default=DEFAULT_ANOMALY_RATE,
         metavar="P",
         help=f"chance that a reading starts an anomaly or dropout (default {DEFAULT_ANOMALY_RATE})",
@@ -188,7 +193,7 @@ def _add_simulate(commands: Any) -> None:
     )
     simulate.add_argument(
         "--connect-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="give up when the broker cannot be reached within S seconds (default 10)",
@@ -200,46 +205,6 @@ def _add_simulate(commands: Any) -> None:
         help="log connections, losses and reconnections on stderr",
     )
     simulate.set_defaults(run=_simulate_fleet)
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
-
-
-def _mqtt_url(text: str) -> MqttSettings:
-    try:
-        return MqttSettings.from_url(text)
-    except InvalidInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _topics(text: str) -> Topics:
-    try:
-        return Topics(text)
-    except InvalidInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _demo(args: argparse.Namespace) -> int:

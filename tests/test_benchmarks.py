@@ -47,3 +47,46 @@ def test_device_benchmark_quick_run_writes_json(tmp_path: Path, mqtt_url: str) -
     assert values["device_vs_paho", "ratio", "readings_per_s"] > 0
     assert values["enqueue_put100", "iotdata", "readings_per_s"] > 0
     assert values["idle", "iotdata", "rss_bytes"] > 1_000_000
+
+
+@pytest.mark.kafka
+def test_producer_benchmark_quick_run_writes_json(tmp_path: Path, kafka_bootstrap: str) -> None:
+    records = run_benchmark(
+        "producer.py",
+        tmp_path / "producer.json",
+        "--devices",
+        "20",
+        "--readings",
+        "4000",
+        "--baseline-readings",
+        "400",
+        "--repeats",
+        "1",
+        "--kafka",
+        kafka_bootstrap,
+    )
+    values = {(r["case"], r["impl"], r["metric"]): r["value"] for r in records}
+    assert values["producer_vs_aiokafka", "ratio", "readings_per_s"] > 0
+    assert values["producer_with_encoding", "iotdata", "readings_per_s"] > 0
+
+
+@pytest.mark.mqtt
+@pytest.mark.kafka
+def test_gateway_benchmark_quick_run_writes_json(
+    tmp_path: Path, mqtt_url: str, kafka_bootstrap: str
+) -> None:
+    records = run_benchmark(
+        "gateway.py",
+        tmp_path / "gateway.json",
+        "--frames",
+        "50",
+        "--batch",
+        "20",
+        "--mqtt",
+        mqtt_url,
+        "--kafka",
+        kafka_bootstrap,
+    )
+    values = {(r["case"], r["impl"], r["metric"]): r["value"] for r in records}
+    assert values["gateway", "iotdata", "readings_per_s"] > 0
+    assert values["gateway", "iotdata", "latency_p99_s"] > 0

@@ -16,6 +16,8 @@ PUBLIC_MODULES = [
     "iotdata.codec",
     "iotdata.device",
     "iotdata.errors",
+    "iotdata.gateway",
+    "iotdata.kafka",
     "iotdata.model",
     "iotdata.mqtt",
 ]

@@ -3,14 +3,18 @@
 Each record goes to the partition Kafka's Java client would choose for its key (murmur2, see
 :mod:`iotdata.kafka._partitioner`), so per-device order holds and consumers in any language
 agree. Records are appended to one open aiokafka batch per partition; a batch goes out when it
-is full or ``linger`` has passed, through aiokafka's batch API, one partition after the other
-in the order the records were accepted. The idempotent producer (on by default) lets aiokafka
-retry without duplicating or reordering.
+is full or ``linger`` has passed, through aiokafka's batch API. Each partition has one batch in
+flight at a time: the next one (filling meanwhile) goes only after Kafka acknowledged it, so a
+batch that fails with a retriable error (a leader election, a broker restart) is sent again
+before anything behind it, and per-device order holds. The idempotent producer (on by default)
+keeps aiokafka's own retries from duplicating; a retry of ours after an unanswered request can
+duplicate a batch, which ``(device_id, seq)`` absorbs downstream.
 
 Two bounds keep a stuck broker from becoming a hang or an unbounded buffer: ``send`` waits while
 ``buffer_bytes`` of records are unacknowledged (backpressure), and a record not acknowledged
-within ``delivery_timeout`` fails with :class:`~iotdata.errors.DeliveryTimeoutError`, which also
-stops the producer (later records must not overtake the failed ones).
+within ``delivery_timeout`` fails with :class:`~iotdata.errors.DeliveryTimeoutError`. That, or
+an error that is not retriable, stops the producer: every record not yet acknowledged fails
+with it, so that later records never overtake the failed ones.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ class ProducerStats:
     failed: int
     #: Bytes accepted and not yet acknowledged or failed.
     buffered_bytes: int
-    #: Partition batches submitted to Kafka.
+    #: Partition batches sent to Kafka (retries included).
     batches: int
     #: Times ``send`` had to wait for buffer room.
     waits: int
@@ -130,6 +134,8 @@ class _Open:
 
     builder: Any
     futures: list[asyncio.Future[Delivered]] = attrs.Factory(list)
+    #: ``(key, value, headers, timestamp_ms)`` of each record, to rebuild the batch for a retry.
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]], int | None]] = attrs.Factory(list)
     size: int = 0
     started: float = attrs.Factory(time.monotonic)
 
@@ -142,6 +148,7 @@ class _Lane:
     partition: int
     current: _Open | None = None
     sealed: deque[_Open] = attrs.Factory(deque)
+    in_flight: _Open | None = None
     wake: asyncio.Event = attrs.Factory(asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -160,7 +167,6 @@ class PartitionedProducer:
     _lanes: dict[tuple[str, int], _Lane] = attrs.Factory(dict)
     _partitions: dict[str, int] = attrs.Factory(dict)
     _room: asyncio.Event = attrs.Factory(asyncio.Event)
-    _submitted: set[_Open] = attrs.Factory(set)
     _buffered: int = 0
     _failure: BaseException | None = None
     _closed: bool = False
@@ -354,6 +360,7 @@ class PartitionedProducer:
                 key=key, value=value, timestamp=timestamp_ms, headers=header_list
             ):
                 current.futures.append(future)
+                current.records.append((key, value, header_list, timestamp_ms))
                 current.size += size
                 if len(current.futures) == 1:
                     lane.wake.set()  # the lane's task starts the linger clock
@@ -385,65 +392,70 @@ class PartitionedProducer:
                         await asyncio.wait_for(lane.wake.wait(), remaining)
                     continue
                 self._seal(lane)
-            await self._submit(lane, lane.sealed.popleft())
+            await self._deliver(lane, lane.sealed.popleft())
 
-    async def _submit(self, lane: _Lane, batch: _Open) -> None:
+    async def _deliver(self, lane: _Lane, batch: _Open) -> None:
+        """Send one batch and wait for Kafka's acknowledgement, retrying what is retriable,
+        before the lane's next batch goes: one batch in flight per partition keeps the order
+        even when a retry is needed."""
         from aiokafka.errors import KafkaError, KafkaTimeoutError  # noqa: PLC0415
 
         deadline = batch.started + self.settings.delivery_timeout
-        while True:
-            if time.monotonic() >= deadline:
+        lane.in_flight = batch
+        builder, attempt = batch.builder, 0
+        while batch.futures:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 self._expire(lane, batch)
                 return
             try:
-                acked = await self._kafka.send_batch(
-                    batch.builder, lane.topic, partition=lane.partition
-                )
-                break
-            except KafkaTimeoutError:  # not enqueued: trying again cannot duplicate
-                log.warning("Kafka is slow to take a batch for %s-%s", lane.topic, lane.partition)
+                acked = await self._kafka.send_batch(builder, lane.topic, partition=lane.partition)
+                self._counts["batches"] += 1
+                metadata = await asyncio.wait_for(asyncio.shield(acked), remaining)
+            except (TimeoutError, asyncio.TimeoutError, KafkaTimeoutError):
+                continue  # the deadline decides
             except KafkaError as exc:
-                error = DeliveryError(
-                    f"Kafka refused a batch for {lane.topic}-{lane.partition}: {exc}",
-                    retriable=bool(getattr(exc, "retriable", False)),
+                if not exc.retriable:
+                    self._fail(lane, batch, exc)
+                    return
+                attempt += 1
+                log.warning(
+                    "retrying a batch for %s-%s (attempt %d): %s",
+                    lane.topic,
+                    lane.partition,
+                    attempt,
+                    exc,
                 )
-                error.__cause__ = exc
-                self._settle(batch, error)
-                return
-        self._counts["batches"] += 1
-        self._submitted.add(batch)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_at(
-            loop.time() + max(0.0, deadline - time.monotonic()), self._expire, lane, batch
-        )
-        acked.add_done_callback(lambda done: self._acknowledged(lane, batch, done, timer))
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0, max(0.0, remaining)))
+                builder = self._rebuild(batch)
+                continue
+            self._acknowledged(lane, batch, metadata.offset)
+        lane.in_flight = None
 
-    def _acknowledged(
-        self, lane: _Lane, batch: _Open, done: asyncio.Future[Any], timer: asyncio.TimerHandle
-    ) -> None:
-        timer.cancel()
-        self._submitted.discard(batch)
-        if not batch.futures:  # failed already (expired, or the producer closed)
-            return
-        if done.cancelled():
-            self._settle(batch, ClosedError("the producer was closed before Kafka acknowledged"))
-            return
-        exc = done.exception()
-        if exc is not None:
-            error = DeliveryError(
-                f"Kafka did not write a batch for {lane.topic}-{lane.partition}: {exc}",
-                retriable=bool(getattr(exc, "retriable", False)),
-            )
-            error.__cause__ = exc
-            self._settle(batch, error)
-            return
-        base = done.result().offset
+    def _rebuild(self, batch: _Open) -> Any:
+        """A fresh aiokafka batch with the same records (a failed one cannot be sent again)."""
+        builder = self._kafka.create_batch()
+        for key, value, headers, timestamp_ms in batch.records:
+            builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers)
+        return builder
+
+    def _acknowledged(self, lane: _Lane, batch: _Open, base: int) -> None:
         for index, future in enumerate(batch.futures):
             if not future.done():
                 future.set_result(Delivered(lane.topic, lane.partition, base + index))
         self._counts["acknowledged"] += len(batch.futures)
         self._release(batch.size)
         batch.futures = []
+        batch.records = []
+
+    def _fail(self, lane: _Lane, batch: _Open, exc: BaseException) -> None:
+        error = DeliveryError(
+            f"Kafka refused a batch for {lane.topic}-{lane.partition}: {exc}", retriable=False
+        )
+        error.__cause__ = exc
+        log.error("%s; the producer stops", error)
+        self._failure = error
+        self._fail_all(error)
 
     def _expire(self, lane: _Lane, batch: _Open) -> None:
         if all(future.done() for future in batch.futures):
@@ -454,7 +466,6 @@ class PartitionedProducer:
         )
         log.error("%s; the producer stops", error)
         self._failure = error
-        self._settle(batch, error)
         self._fail_all(error)
 
     def _settle(self, batch: _Open, error: BaseException) -> None:
@@ -467,12 +478,13 @@ class PartitionedProducer:
         if batch.futures:
             self._release(batch.size)
         batch.futures = []
+        batch.records = []
 
     def _fail_all(self, error: BaseException) -> None:
-        for batch in list(self._submitted):
-            self._settle(batch, error)
-        self._submitted.clear()
         for lane in self._lanes.values():
+            if lane.in_flight is not None:
+                self._settle(lane.in_flight, error)
+                lane.in_flight = None
             if lane.current is not None:
                 self._settle(lane.current, error)
                 lane.current = None

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -66,6 +67,10 @@ class MqttConnection:
     clean_start: bool = True
     session_expiry: int = 0
     max_inflight: int = 64
+    #: Incoming QoS 1 messages are acknowledged only by :meth:`ack` (paho's manual acks).
+    manual_ack: bool = False
+    #: MQTT 5: unacknowledged incoming messages the broker may send us at once.
+    receive_maximum: int | None = None
     on_connect: Callable[[], None] | None = None
     on_disconnect: Callable[[], None] | None = None
     backoff: tenacity.wait.wait_base = attrs.field(factory=default_backoff)
@@ -83,6 +88,9 @@ class MqttConnection:
     #: Bumped when a connection is lost: a publish that straddles it fails instead of hanging.
     _generation: int = attrs.field(default=0, init=False)
     _last_error: BaseException | None = attrs.field(default=None, init=False)
+    _subscribing: set[int] = attrs.field(factory=set, init=False)
+    _early_subacks: set[int] = attrs.field(factory=set, init=False)
+    _subscribed: threading.Event = attrs.field(factory=threading.Event, init=False)
     _packet_limit: int = attrs.field(default=0, init=False)
     _stats: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys(("connects", "disconnects", "published", "acked"), 0),
@@ -91,8 +99,16 @@ class MqttConnection:
 
     @classmethod
     def start(cls, settings: MqttSettings, client_id: str, **options: Any) -> MqttConnection:
-        """Create the connection and start its network thread (it connects in the background)."""
+        """Create the connection and start its network thread (it connects in the background).
+
+        ``subscriptions`` (``{topic filter: handler}``, QoS 1) are in place from the first
+        connection on: with a resumed persistent session, messages the broker kept arrive right
+        after connecting, possibly before a later :meth:`subscribe` call could register them.
+        """
+        subscriptions: Mapping[str, Handler] = options.pop("subscriptions", None) or {}
         connection = cls(settings, client_id, **options)
+        for topic_filter, handler in subscriptions.items():
+            connection._subscriptions[topic_filter] = (1, handler)
         connection._packet_limit = settings.max_packet_size
         connection._thread = threading.Thread(
             target=connection._run, name=f"iotdata-mqtt-{client_id}", daemon=True
@@ -172,7 +188,32 @@ class MqttConnection:
         self._subscriptions[topic_filter] = (qos, handler)
         client = self._client
         if client is not None and self._connected.is_set():
-            client.subscribe(topic_filter, qos)
+            self._send_subscribe(client, topic_filter, qos)
+
+    def wait_subscribed(self, timeout: float | None = None) -> None:
+        """Block until connected and every subscription is acknowledged by the broker (from
+        then on, messages published to them reach us, or our persistent session)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_connected(timeout)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._subscribed.wait(remaining):
+            raise ConnectError(f"{self.settings.url} did not acknowledge our subscriptions")
+
+    @property
+    def generation(self) -> int:
+        """Which connection this is; read it when a message arrives, pass it to :meth:`ack`."""
+        return self._generation
+
+    def ack(self, mid: int, qos: int, generation: int) -> bool:
+        """Acknowledge an incoming message (with ``manual_ack``), in the order they arrived.
+
+        Returns False, sending nothing, when the message came on an earlier connection: the
+        broker sends it again on this one (with a persistent session).
+        """
+        client = self._client
+        if client is None or generation != self._generation or not self._connected.is_set():
+            return False
+        return bool(client.ack(mid, qos) == paho.MQTT_ERR_SUCCESS)
 
     def in_flight(self) -> int:
         with self._lock:
@@ -263,11 +304,40 @@ class MqttConnection:
         self._client = client
         self._last_error = None
         self._stats["connects"] += 1
-        for topic_filter, (qos, _) in self._subscriptions.items():
-            client.subscribe(topic_filter, qos)
+        with self._lock:
+            self._subscribing.clear()
+            self._early_subacks.clear()
+        self._subscribed.set()
+        for topic_filter, (qos, _) in list(self._subscriptions.items()):
+            self._send_subscribe(client, topic_filter, qos)
         self._connected.set()
         log.info("connected to %s as %s", settings.url, self.client_id)
         self._notify(self.on_connect)
+
+    def _send_subscribe(self, client: paho.Client, topic_filter: str, qos: int) -> None:
+        rc, mid = client.subscribe(topic_filter, qos)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            return  # not connected any more: renewed after reconnecting
+        with self._lock:
+            if mid in self._early_subacks:  # the SUBACK beat us here
+                self._early_subacks.discard(mid)
+            else:
+                self._subscribing.add(mid)
+                self._subscribed.clear()
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            if mid not in self._subscribing:
+                self._early_subacks.add(mid)
+                return
+            self._subscribing.discard(mid)
+            if not self._subscribing:
+                self._subscribed.set()
+        refused = [r for r in reasons if int(getattr(r, "value", r)) >= 0x80]
+        if refused:
+            log.error("the broker refused a subscription: %s", refused)
 
     def _hang_up_error(self, rc: int) -> ConnectError:
         """Why the broker hung up before accepting us: a TLS alert means our certificate."""
@@ -340,6 +410,7 @@ class MqttConnection:
             clean_session=None if version5 else self.clean_start,
             protocol=MQTTProtocolVersion.MQTTv5 if version5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
+            manual_ack=self.manual_ack,
         )
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
@@ -357,6 +428,7 @@ class MqttConnection:
         # One dispatcher over the current subscriptions, set before connecting: a resumed
         # session's queued messages may come with the CONNACK.
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -365,6 +437,8 @@ class MqttConnection:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.session_expiry
         properties.MaximumPacketSize = 256 * 1024 * 1024 - 1
+        if self.receive_maximum is not None:
+            properties.ReceiveMaximum = self.receive_maximum
         return properties
 
     def _on_connect(
@@ -395,12 +469,17 @@ class MqttConnection:
         delivery._finish(error)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        handled = False
         for topic_filter, (_, handler) in list(self._subscriptions.items()):
             if paho.topic_matches_sub(_matching(topic_filter), message.topic):
+                handled = True
                 try:
                     handler(message)
                 except Exception:
                     log.exception("handler for %s failed", message.topic)
+        if not handled and self.manual_ack and message.qos:
+            log.warning("no handler for %s: acknowledged unread", message.topic)
+            client.ack(message.mid, message.qos)  # never leave the broker's window stuck
 
     def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
         if level == paho.MQTT_LOG_ERR and self._socket_error is None:

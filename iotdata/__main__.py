@@ -1,0 +1,7 @@
+"""``python -m iotdata``: the ``iotdata`` command."""
+
+import sys
+
+from iotdata.cli import main
+
+sys.exit(main())
