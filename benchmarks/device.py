@@ -15,7 +15,8 @@ What is measured, side by side in one run:
 * ``enqueue``: the durable queue alone, readings per second through ``ReadingQueue.put`` of
   100 readings at a time and of 1 reading at a time (each put is one committed transaction).
 * ``idle``: resident memory of a connected, idle client (a fresh process), and the time of
-  ``import iotdata.device`` in a fresh interpreter (best of 5).
+  ``import iotdata.device`` in a fresh interpreter with the package's bytecode compiled, as
+  ``pip install`` leaves it (best of 5).
 
 Run from the repository root, with the services up (``scripts/services.sh up``)::
 
@@ -143,22 +144,27 @@ def idle_rss(url: str) -> int:
 
 
 def import_time() -> float:
+    """Best of 5 fresh interpreters, with bytecode: as after ``pip install``, which compiles the
+    package's ``.pyc`` files. (With ``PYTHONDONTWRITEBYTECODE`` set, every import would compile
+    the sources again; the first, uncounted run writes the bytecode.)"""
     code = (
         "import time; t = time.perf_counter(); import iotdata.device; "
         "print(time.perf_counter() - t)"
     )
-    best = float("inf")
-    for _ in range(5):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    times = []
+    for _ in range(6):
         out = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,
             text=True,
             check=True,
             cwd=_common.REPO_ROOT,
+            env=env,
             timeout=60,
         )
-        best = min(best, float(out.stdout))
-    return best
+        times.append(float(out.stdout))
+    return min(times[1:])
 
 
 def record(case: str, impl: str, metric: str, value: float) -> dict[str, Any]:
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Targets")
     print(f"  {verdict(ratio >= 10)}  DeviceClient >= 10x paho JSON per reading ({ratio:.1f}x)")
     print(f"  {verdict(put100 >= 100_000)}  durable enqueue >= 100k readings/s (puts of 100)")
-    print(f"  {verdict(rss <= 30 * 2**20)}  idle client RSS <= 30 MB")
+    print(f"  {verdict(rss <= 30_000_000)}  idle client RSS <= 30 MB (30,000,000 bytes)")
     print(f"  {verdict(seconds <= 0.150)}  import iotdata.device <= 150 ms")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
