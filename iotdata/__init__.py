@@ -2,7 +2,8 @@
 
 Durable device clients, a compact wire format, partitioned Kafka ingestion, event-time stream
 operators and idempotent storage sinks. Subpackages: :mod:`iotdata.codec` (wire format),
-:mod:`iotdata.model` (readings and batches).
+:mod:`iotdata.model` (readings and batches), :mod:`iotdata.device` (the device client),
+:mod:`iotdata.kafka` and :mod:`iotdata.gateway` (ingestion), :mod:`iotdata.sinks` (storage).
 """
 
 from iotdata.errors import (

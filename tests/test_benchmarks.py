@@ -90,3 +90,15 @@ def test_gateway_benchmark_quick_run_writes_json(
     values = {(r["case"], r["impl"], r["metric"]): r["value"] for r in records}
     assert values["gateway", "iotdata", "readings_per_s"] > 0
     assert values["gateway", "iotdata", "latency_p99_s"] > 0
+
+
+@pytest.mark.postgres
+def test_sinks_benchmark_quick_run_writes_json(tmp_path: Path, postgres_dsn: str) -> None:
+    records = run_benchmark(
+        "sinks.py", tmp_path / "sinks.json", "--quick", "--postgres", postgres_dsn
+    )
+    values = {(r["case"], r["impl"], r["metric"]): r["value"] for r in records}
+    assert values["postgres_vs_copy", "ratio", "rows_per_s"] > 0
+    assert values["postgres", "iotdata", "rows_per_s"] > 0
+    assert values["sqlite", "iotdata", "rows_per_s"] > 0
+    assert values["parquet", "iotdata", "rows_per_s"] > 0

@@ -43,3 +43,27 @@ def test_mqtt_to_kafka(mqtt_url: str, kafka_bootstrap: str, unique_name: str) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"1000 readings from 2 devices in {unique_name}.telemetry")
     assert "0 dead-lettered" in result.stdout
+
+
+def test_cold_path_parquet(tmp_path: Path) -> None:
+    """Twice on the same folder: the files are named after the source positions, so the second
+    run overwrites them instead of doubling the rows."""
+    pytest.importorskip("pyarrow")
+    script = str(REPO / "examples" / "cold_path_parquet.py")
+    options = ["--out", str(tmp_path / "lake"), "--devices", "4", "--batches", "5"]
+    outputs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, script, *options],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    # 4 devices x 5 batches x 100 readings of 2 metrics
+    assert outputs[0].startswith("4000 readings in ")
+    assert outputs[1] == outputs[0]
+    files = sorted(p.name for p in (tmp_path / "lake" / "readings").rglob("*") if p.is_file())
+    assert files and all(name.startswith("telemetry-p") for name in files)

@@ -20,6 +20,8 @@ PUBLIC_MODULES = [
     "iotdata.kafka",
     "iotdata.model",
     "iotdata.mqtt",
+    "iotdata.sinks",
+    "iotdata.testing",
 ]
 
 

@@ -1,0 +1,101 @@
+"""The console sink: records as lines on a text stream, for development and demos.
+
+It prints what it is given at each flush and keeps nothing, so it is at-least-once: a replay
+prints again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Literal, TextIO
+
+import attrs
+
+from iotdata.model import ts_to_datetime
+from iotdata.sinks._json import record_fields
+from iotdata.sinks._records import Alert, PendingRecords, WindowAggregate
+from iotdata.sinks._retry import RetryPolicy
+from iotdata.sinks._writer import BufferedWriter, Opening
+
+__all__ = ["ConsoleSink", "ConsoleWriter"]
+
+
+@attrs.frozen(kw_only=True)
+class ConsoleSink:
+    """Print records on ``stream`` (default: standard output at open).
+
+    ``format="text"`` writes one readable line per record; ``"json"`` one JSON object per line
+    with a ``kind`` of ``reading``, ``aggregate`` or ``alert`` (times in microseconds; an
+    aggregate's ``extra`` as an object).
+    """
+
+    stream: TextIO | None = None
+    format: Literal["text", "json"] = "text"
+    flush_rows: int = 10_000
+
+    def open(self) -> Opening[ConsoleWriter]:
+        """Await the result for a writer, or use it with ``async with``."""
+        return Opening(self._open)
+
+    async def _open(self) -> ConsoleWriter:
+        return ConsoleWriter(self, self.stream if self.stream is not None else sys.stdout)
+
+
+class ConsoleWriter(BufferedWriter):
+    """The writer of a :class:`ConsoleSink`."""
+
+    def __init__(self, sink: ConsoleSink, stream: TextIO) -> None:
+        super().__init__(name="ConsoleSink", flush_rows=sink.flush_rows, retry=RetryPolicy.never())
+        self._stream = stream
+        self._lines = _json_lines if sink.format == "json" else _text_lines
+
+    async def persist(self, pending: PendingRecords) -> None:
+        self._stream.writelines(self._lines(pending))
+        self._stream.flush()
+
+
+def _text_lines(pending: PendingRecords) -> Iterator[str]:
+    for column in pending.columns():
+        col = column.column
+        for ts, value, seq in zip(col.ts, col.values, col.seq, strict=True):
+            yield f"{_time(ts)} {column.device_id} {col.metric}={value!r} seq={seq}\n"
+    for g in pending.aggregates():
+        extra = "".join(f" {name}={value!r}" for name, value in g.extra.items())
+        yield (
+            f"{_time(g.window_start)}..{_time(g.window_end)} {g.device_id} {g.metric} "
+            f"count={g.count} min={g.min!r} max={g.max!r} mean={g.mean!r}{extra} "
+            f"rev={g.revision}\n"
+        )
+    for a in pending.alerts():
+        about = "" if a.metric is None else f" {a.metric}={a.value!r}"
+        message = f" {a.message}" if a.message else ""
+        yield (
+            f"{_time(a.ts)} ALERT {a.severity} {a.device_id} {a.detector}{about} "
+            f"score={a.score!r}{message}\n"
+        )
+
+
+def _json_lines(pending: PendingRecords) -> Iterator[str]:
+    for column in pending.columns():
+        col = column.column
+        device, metric = column.device_id, col.metric
+        for ts, value, seq in zip(col.ts, col.values, col.seq, strict=True):
+            reading = {"device_id": device, "metric": metric, "ts": ts, "value": value, "seq": seq}
+            yield _line({"kind": "reading", **reading})
+    records: list[WindowAggregate | Alert] = [*pending.aggregates(), *pending.alerts()]
+    for record in records:
+        yield _line(record_fields(record))
+
+
+def _line(document: Mapping[str, object]) -> str:
+    """One line; NaN and infinities are written as Python's json writes them (NaN, Infinity)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _time(ts: int) -> str:
+    try:
+        return ts_to_datetime(ts).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return f"{ts}us"

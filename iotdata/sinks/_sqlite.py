@@ -1,0 +1,304 @@
+"""The SQLite sink: the embedded default, one file, the same tables and keys as PostgreSQL.
+
+The file is in WAL mode, so other processes read it while the writer writes. Every flush is one
+``BEGIN IMMEDIATE`` transaction run on the writer's own thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain, repeat
+from typing import Literal, TypeVar
+
+import attrs
+
+from iotdata.sinks._errors import (
+    SinkBackpressureError,
+    SinkError,
+    SinkFatalError,
+    SinkRetriableError,
+)
+from iotdata.sinks._records import PendingRecords, ReadingColumn, ValueKind
+from iotdata.sinks._retry import RetryPolicy
+from iotdata.sinks._sql import (
+    AGGREGATE_COLUMNS,
+    AGGREGATE_EXTRA,
+    AGGREGATE_KEY,
+    ALERT_COLUMNS,
+    READING_COLUMNS,
+    VALUE_COLUMN,
+    aggregate_rows,
+    alert_rows,
+    check_prefix,
+    reading_rows,
+)
+from iotdata.sinks._validate import RowLimits
+from iotdata.sinks._writer import BufferedWriter, Opening
+
+__all__ = ["SqliteSink", "SqliteWriter"]
+
+log = logging.getLogger("iotdata.sinks")
+T = TypeVar("T")
+
+#: SQLite keeps no NaN: a NaN REAL reads back as NULL, so NaN is refused as a bad row.
+SQLITE_LIMITS = RowLimits(allow_nan=False)
+
+#: Adds the ``extra`` column to an aggregates table made by an earlier iotdata.
+_ADD_EXTRA = """ALTER TABLE "{p}aggregates" ADD COLUMN extra TEXT NOT NULL DEFAULT '{{}}'"""
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS "{p}readings" (
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    value_int INTEGER,
+    value_bool INTEGER,
+    value_text TEXT,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS "{p}aggregates" (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL,
+    "count" INTEGER NOT NULL,
+    "min" REAL,
+    "max" REAL,
+    "sum" REAL,
+    revision INTEGER NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{{}}',
+    PRIMARY KEY (device_id, metric, window_start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS "{p}alerts" (
+    device_id TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    metric TEXT,
+    value REAL,
+    score REAL,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (device_id, detector, ts)
+) WITHOUT ROWID;
+"""
+
+
+@attrs.frozen(kw_only=True)
+class SqliteSink:
+    """Readings, aggregates and alerts in one SQLite file (see docs/sinks.md for the schema).
+
+    ``table_prefix`` is put before the table names (``readings``, ``aggregates``, ``alerts``);
+    ``create_tables`` creates missing tables at open. ``synchronous="normal"`` (WAL) keeps
+    every flush through a crash of the process; ``"full"`` also through a power cut, at the
+    cost of an fsync per flush. ``busy_timeout`` is how long a flush waits for another writer's
+    lock (seconds). ``flush_rows`` bounds the writer's buffer.
+    """
+
+    path: str | os.PathLike[str]
+    table_prefix: str = attrs.field(default="", validator=lambda _s, _a, v: check_prefix(v))
+    create_tables: bool = True
+    synchronous: Literal["normal", "full"] = "normal"
+    busy_timeout: float = 5.0
+    flush_rows: int = 100_000
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+
+    def open(self) -> Opening[SqliteWriter]:
+        """Open (and create) the file; await the result, or use it with ``async with``."""
+        return Opening(self._open)
+
+    async def _open(self) -> SqliteWriter:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="iotdata-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await self.retry.call(
+                lambda: loop.run_in_executor(executor, _translated, self._connect),
+                what=f"opening {os.fspath(self.path)!r}",
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return SqliteWriter(self, connection, executor)
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            if self.create_tables:
+                connection.executescript(_DDL.format(p=self.table_prefix))
+            self._check_tables(connection)
+            self._check_extra(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _check_tables(self, connection: sqlite3.Connection) -> None:
+        names = [f"{self.table_prefix}{kind}" for kind in ("readings", "aggregates", "alerts")]
+        query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
+        missing = [name for name in names if connection.execute(query, (name,)).fetchone() is None]
+        if missing:
+            raise SinkFatalError(
+                f"{os.fspath(self.path)!r} has no table {', '.join(missing)}: "
+                "create them, or pass create_tables=True"
+            )
+
+    def _check_extra(self, connection: sqlite3.Connection) -> None:
+        """Add the ``extra`` column to an older aggregates table (with ``create_tables``), or
+        refuse to write into it."""
+        table = f"{self.table_prefix}aggregates"
+        if _has_extra(connection, table):
+            return
+        if not self.create_tables:
+            raise SinkFatalError(
+                f"{os.fspath(self.path)!r}: table {table} has no column extra (it was made by "
+                f"an earlier iotdata): pass create_tables=True to add it, or run "
+                f"{_ADD_EXTRA.format(p=self.table_prefix)}"
+            )
+        connection.execute("BEGIN IMMEDIATE")  # another writer may be adding it right now
+        try:
+            if not _has_extra(connection, table):
+                log.info("adding the column extra to %s", table)
+                connection.execute(_ADD_EXTRA.format(p=self.table_prefix))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+
+def _has_extra(connection: sqlite3.Connection, table: str) -> bool:
+    columns = connection.execute("SELECT name FROM pragma_table_info(?)", (table,)).fetchall()
+    return (AGGREGATE_EXTRA,) in columns
+
+
+class SqliteWriter(BufferedWriter):
+    """The writer of a :class:`SqliteSink`; made by ``SqliteSink.open()``."""
+
+    def __init__(
+        self, sink: SqliteSink, connection: sqlite3.Connection, executor: ThreadPoolExecutor
+    ) -> None:
+        super().__init__(
+            name=f"SqliteSink({os.fspath(sink.path)!r})",
+            flush_rows=sink.flush_rows,
+            retry=sink.retry,
+            limits=SQLITE_LIMITS,
+        )
+        self._connection = connection
+        self._executor = executor
+        self._statements = _Statements.for_prefix(sink.table_prefix)
+
+    async def persist(self, pending: PendingRecords) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, _translated, lambda: self._persist(pending))
+
+    async def release(self) -> None:
+        loop = asyncio.get_running_loop()
+        closing = loop.run_in_executor(self._executor, self._connection.close)
+        self._executor.shutdown(wait=False)
+        await closing
+
+    def _persist(self, pending: PendingRecords) -> None:
+        connection = self._connection
+        statements = self._statements
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, columns in _by_kind(pending.columns()).items():
+                connection.executemany(statements.readings[kind], _rows(kind, columns))
+            aggregates = pending.aggregates()
+            if aggregates:
+                connection.executemany(statements.aggregates, aggregate_rows(aggregates))
+            alerts = pending.alerts()
+            if alerts:
+                connection.executemany(statements.alerts, alert_rows(alerts))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+
+@attrs.frozen
+class _Statements:
+    readings: dict[ValueKind, str]
+    aggregates: str
+    alerts: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> _Statements:
+        readings: dict[ValueKind, str] = {}
+        for kind in ("float", "int", "bool", "str", "null", "mixed"):
+            columns = list(READING_COLUMNS[:4])
+            if kind == "mixed":
+                columns = list(READING_COLUMNS)
+            elif kind in VALUE_COLUMN:
+                columns.append(VALUE_COLUMN[kind])
+            readings[kind] = _insert(f"{prefix}readings", columns, "ON CONFLICT DO NOTHING")
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in AGGREGATE_COLUMNS[3:])
+        conflict = (
+            f"ON CONFLICT ({', '.join(AGGREGATE_KEY)}) DO UPDATE SET {updates} "
+            f'WHERE excluded.revision >= "{prefix}aggregates".revision'
+        )
+        return cls(
+            readings,
+            _insert(f"{prefix}aggregates", AGGREGATE_COLUMNS, conflict),
+            _insert(f"{prefix}alerts", ALERT_COLUMNS, "ON CONFLICT DO NOTHING"),
+        )
+
+
+def _insert(table: str, columns: Iterable[str], conflict: str) -> str:
+    names = list(columns)
+    quoted = ", ".join(f'"{c}"' for c in names)
+    marks = ", ".join("?" * len(names))
+    return f'INSERT INTO "{table}" ({quoted}) VALUES ({marks}) {conflict}'
+
+
+def _by_kind(columns: Iterable[ReadingColumn]) -> dict[ValueKind, list[ReadingColumn]]:
+    groups: dict[ValueKind, list[ReadingColumn]] = {}
+    for column in columns:
+        groups.setdefault(column.kind, []).append(column)
+    return groups
+
+
+def _rows(kind: ValueKind, columns: list[ReadingColumn]) -> Iterator[tuple[object, ...]]:
+    """The parameter rows of ``columns`` (all of ``kind``) for that kind's statement."""
+    if kind == "mixed":
+        return chain.from_iterable(map(reading_rows, columns))
+    if kind == "null":
+        return chain.from_iterable(
+            zip(repeat(c.device_id), c.column.seq, c.column.ts, repeat(c.column.metric))
+            for c in columns
+        )
+    return chain.from_iterable(
+        zip(repeat(c.device_id), col.seq, col.ts, repeat(col.metric), col.values)
+        for c in columns
+        for col in (c.column,)
+    )
+
+
+def _translated(operation: Callable[[], T]) -> T:
+    """Run ``operation``, turning sqlite3 errors into sink errors (on the writer's thread)."""
+    try:
+        return operation()
+    except sqlite3.Error as exc:
+        raise _translate(exc) from exc
+
+
+def _translate(exc: sqlite3.Error) -> SinkError:
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+; the message otherwise
+    text = str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return SinkBackpressureError(f"SQLite database busy: {text}", retry_after=0.1)
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or text in _TRANSIENT:
+        return SinkRetriableError(f"SQLite I/O failed: {text}")
+    return SinkFatalError(f"SQLite refused the write: {text}")
+
+
+_TRANSIENT = frozenset({"database or disk is full", "disk I/O error"})
