@@ -7,13 +7,13 @@ changing it moves devices to other partitions and breaks their order.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from iotdata.errors import ConnectError, DeliveryError, InvalidInputError
+from iotdata.errors import DeliveryError, InvalidInputError
+from iotdata.kafka._connect import start_client
 
 __all__ = ["TopicSpec", "ensure_topics"]
 
@@ -69,12 +69,7 @@ async def ensure_topics(bootstrap: str, *specs: TopicSpec, timeout: float = 30.0
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        with contextlib.suppress(Exception):
-            await admin.close()
-        raise ConnectError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    await start_client(admin, bootstrap)
     try:
         return await _ensure(admin, specs, timeout)
     except KafkaError as exc:

@@ -36,6 +36,7 @@ from iotdata.errors import (
     DeliveryTimeoutError,
     InvalidInputError,
 )
+from iotdata.kafka._connect import start_client
 from iotdata.kafka._partitioner import Partitioner
 
 __all__ = ["Delivered", "PartitionedProducer", "ProducerSettings", "ProducerStats"]
@@ -46,6 +47,8 @@ Compression = Literal["zstd", "lz4", "gzip"]
 Headers = Sequence[tuple[str, bytes]]
 _COMPRESSIONS = (None, "zstd", "lz4", "gzip")
 _RECORD_OVERHEAD = 64  # bytes Kafka adds around a record, for the buffer accounting
+#: Errors that a new producer id cures (besides every retriable one).
+_RENEWABLE = frozenset({"OutOfOrderSequenceNumber", "UnknownProducerIdError"})
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -126,6 +129,8 @@ class ProducerStats:
     batches: int
     #: Times ``send`` had to wait for buffer room.
     waits: int
+    #: Times the Kafka client was replaced to send a batch again after a failure.
+    renewals: int = 0
 
 
 @attrs.define(eq=False)
@@ -167,11 +172,12 @@ class PartitionedProducer:
     _lanes: dict[tuple[str, int], _Lane] = attrs.Factory(dict)
     _partitions: dict[str, int] = attrs.Factory(dict)
     _room: asyncio.Event = attrs.Factory(asyncio.Event)
+    _renewing: asyncio.Lock = attrs.Factory(asyncio.Lock)
     _buffered: int = 0
     _failure: BaseException | None = None
     _closed: bool = False
     _counts: dict[str, int] = attrs.Factory(
-        lambda: dict.fromkeys(("sent", "acknowledged", "failed", "batches", "waits"), 0)
+        lambda: dict.fromkeys(("sent", "acknowledged", "failed", "batches", "waits", "renewals"), 0)
     )
 
     @classmethod
@@ -184,19 +190,13 @@ class PartitionedProducer:
         """
         settings = attrs.evolve(settings or ProducerSettings(), **options)
         from aiokafka import AIOKafkaProducer  # noqa: PLC0415
-        from aiokafka.errors import KafkaError  # noqa: PLC0415
 
         try:
             kafka = AIOKafkaProducer(**settings.client_options())
         except (AssertionError, ValueError, RuntimeError) as exc:  # aiokafka's argument checks
             hint = " (pip install 'iotdata[kafka-compression]')" if settings.compression else ""
             raise InvalidInputError(f"Kafka producer settings: {exc}{hint}") from exc
-        try:
-            await kafka.start()
-        except KafkaError as exc:
-            with contextlib.suppress(Exception):
-                await kafka.stop()
-            raise ConnectError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+        await start_client(kafka, settings.bootstrap)
         return cls(settings, kafka)
 
     async def partitions(self, topic: str) -> int:
@@ -278,6 +278,7 @@ class PartitionedProducer:
             buffered_bytes=self._buffered,
             batches=counts["batches"],
             waits=counts["waits"],
+            renewals=counts["renewals"],
         )
 
     async def close(self, timeout: float | None = 30.0) -> None:
@@ -403,34 +404,63 @@ class PartitionedProducer:
         deadline = batch.started + self.settings.delivery_timeout
         lane.in_flight = batch
         builder, attempt = batch.builder, 0
-        while batch.futures:
+        while batch.futures and not self._closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._expire(lane, batch)
                 return
+            kafka, acked = self._kafka, None
             try:
-                acked = await self._kafka.send_batch(builder, lane.topic, partition=lane.partition)
+                acked = await kafka.send_batch(builder, lane.topic, partition=lane.partition)
                 self._counts["batches"] += 1
                 metadata = await asyncio.wait_for(asyncio.shield(acked), remaining)
             except (TimeoutError, asyncio.TimeoutError, KafkaTimeoutError):
                 continue  # the deadline decides
+            except asyncio.CancelledError:
+                if acked is None or not acked.cancelled() or self._closed:
+                    raise  # we are being cancelled, not the batch
+                builder = self._rebuild(batch)  # a replaced client dropped it: send it again
+                continue
             except KafkaError as exc:
-                if not exc.retriable:
+                if not (exc.retriable or type(exc).__name__ in _RENEWABLE):
                     self._fail(lane, batch, exc)
                     return
                 attempt += 1
                 log.warning(
-                    "retrying a batch for %s-%s (attempt %d): %s",
+                    "sending a batch for %s-%s again (attempt %d) after: %s",
                     lane.topic,
                     lane.partition,
                     attempt,
                     exc,
                 )
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0, max(0.0, remaining)))
+                # aiokafka gave this batch up: its sequence numbers are spent, and the broker
+                # would refuse the next ones as out of order. A new producer id starts afresh.
+                await self._renew(kafka, deadline)
                 builder = self._rebuild(batch)
                 continue
             self._acknowledged(lane, batch, metadata.offset)
         lane.in_flight = None
+
+    async def _renew(self, broken: Any, deadline: float) -> None:
+        """Replace the aiokafka producer ``broken`` (unless another lane did already)."""
+        from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+        async with self._renewing:
+            if self._kafka is not broken:
+                return
+            fresh = AIOKafkaProducer(**self.settings.client_options())
+            while True:
+                try:
+                    await start_client(fresh, self.settings.bootstrap)
+                    break
+                except ConnectError:
+                    if time.monotonic() >= deadline:
+                        return  # the caller's deadline check fails the batch
+                    await asyncio.sleep(1.0)
+            self._kafka = fresh
+            self._counts["renewals"] += 1
+            asyncio.get_running_loop().create_task(_stop_quietly(broken))
 
     def _rebuild(self, batch: _Open) -> Any:
         """A fresh aiokafka batch with the same records (a failed one cannot be sent again)."""
@@ -490,3 +520,8 @@ class PartitionedProducer:
                 lane.current = None
             while lane.sealed:
                 self._settle(lane.sealed.popleft(), error)
+
+
+async def _stop_quietly(kafka: Any) -> None:
+    with contextlib.suppress(Exception):
+        await kafka.stop()

@@ -10,15 +10,16 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
 from aiokafka import AIOKafkaConsumer
 
 from iotdata import codec
 from iotdata.device import DeviceClient, QueueConfig
-from iotdata.gateway import KafkaTopics
-from iotdata.kafka import TopicSpec, ensure_topics
-from iotdata.mqtt import Topics
+from iotdata.gateway import GatewaySettings, KafkaTopics
+from iotdata.kafka import ProducerSettings, TopicSpec, ensure_topics
+from iotdata.mqtt import MqttSettings, Topics
 
 Key = tuple[str, int]  # (device_id, seq)
 
@@ -29,6 +30,21 @@ def create_topics(bootstrap: str, prefix: str, partitions: int = 3) -> KafkaTopi
     specs = [TopicSpec(name=name, partitions=partitions) for name in names]
     asyncio.run(ensure_topics(bootstrap, *specs))
     return topics
+
+
+def gateway_settings(
+    mqtt_url: str, bootstrap: str, prefix: str, topics: KafkaTopics, **options: Any
+) -> GatewaySettings:
+    """A gateway for the test's own topics, group and client id; ``options`` add or override."""
+    fields: dict[str, Any] = {
+        "mqtt": MqttSettings.from_url(mqtt_url),
+        "kafka": ProducerSettings(bootstrap=bootstrap),
+        "topics": Topics(prefix),
+        "kafka_topics": topics,
+        "group": prefix,
+        "client_id": f"{prefix}-gw",
+    }
+    return GatewaySettings(**(fields | options))
 
 
 @attrs.define

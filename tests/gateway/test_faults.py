@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from iotdata.errors import DeliveryTimeoutError
-from iotdata.gateway import Gateway, GatewaySettings
+from iotdata.gateway import Gateway
 from iotdata.kafka import PartitionedProducer, ProducerSettings
-from iotdata.mqtt import MqttSettings, Topics
 from tests.conftest import REPO_ROOT
 from tests.gateway._support import (
     Fleet,
     GatewayProcess,
     check_delivery,
     create_topics,
+    gateway_settings,
     read_topic,
 )
 
@@ -37,14 +37,8 @@ def test_kafka_stopped_and_restarted_loses_nothing_and_keeps_order(
     mqtt_url: str, kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     kafka_topics = create_topics(kafka_bootstrap, unique_name)
-    settings = GatewaySettings(
-        mqtt=MqttSettings.from_url(mqtt_url),
-        kafka=ProducerSettings(bootstrap=kafka_bootstrap),
-        topics=Topics(unique_name),
-        kafka_topics=kafka_topics,
-        group=unique_name,
-        client_id=f"{unique_name}-gw",
-        max_in_flight=20,
+    settings = gateway_settings(
+        mqtt_url, kafka_bootstrap, unique_name, kafka_topics, max_in_flight=20
     )
 
     async def outage(gateway: Gateway, fleet: Fleet) -> tuple[int, int]:

@@ -13,10 +13,15 @@ from aiokafka import AIOKafkaConsumer
 from iotdata import codec
 from iotdata.errors import InvalidInputError
 from iotdata.gateway import Gateway, GatewaySettings
-from iotdata.kafka import ProducerSettings
 from iotdata.model import Batch
-from iotdata.mqtt import MqttConnection, MqttSettings, Topics
-from tests.gateway._support import Fleet, check_delivery, create_topics, read_topic
+from iotdata.mqtt import MqttConnection, MqttSettings
+from tests.gateway._support import (
+    Fleet,
+    check_delivery,
+    create_topics,
+    gateway_settings,
+    read_topic,
+)
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.kafka]
 
@@ -45,13 +50,11 @@ def test_telemetry_dead_letters_presence_and_metrics(
     mqtt_url: str, kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     kafka_topics = create_topics(kafka_bootstrap, unique_name)
-    settings = GatewaySettings(
-        mqtt=MqttSettings.from_url(mqtt_url),
-        kafka=ProducerSettings(bootstrap=kafka_bootstrap),
-        topics=Topics(unique_name),
-        kafka_topics=kafka_topics,
-        group=unique_name,
-        client_id=f"{unique_name}-gw",
+    settings = gateway_settings(
+        mqtt_url,
+        kafka_bootstrap,
+        unique_name,
+        kafka_topics,
         limits=codec.Limits(max_frame_bytes=65_536),
         metrics_port=0,
     )
