@@ -18,6 +18,8 @@ from collections.abc import Callable, Hashable, Iterable
 
 import attrs
 
+from iotdata._aio import wait_done
+
 __all__ = ["AsyncWaiter", "Signals", "ThreadWaiter", "Waiter", "Waiting"]
 
 
@@ -123,8 +125,7 @@ class Waiting:
                 return done
             try:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(waiter.future, remaining)
+                await wait_done(waiter.future, remaining)
             finally:
                 self._disarm(waiter, keys)
 

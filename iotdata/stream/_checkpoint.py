@@ -1,0 +1,242 @@
+"""Checkpoints: the operator state of each source partition, with the offset it belongs to.
+
+A checkpoint of partition ``p`` says: "the state after every record before ``offset``". The
+runtime writes checkpoints in this order: sinks flushed, then state saved here, then offsets
+committed to the source (for monitoring and lag). On restart, or when a rebalance hands the
+partition to another worker, the state is restored and consumption resumes at the checkpoint's
+offset, whatever the committed offset says: so nothing is counted twice or missed, and the
+outputs re-emitted after the checkpoint land on the same idempotent sink keys.
+
+Stores: :class:`MemoryCheckpoints` (tests, single process), :class:`FileCheckpoints` (the
+embedded default: one file per partition, written atomically) and :class:`KafkaCheckpoints`
+(a compacted topic, so a worker restarted on another machine recovers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import msgpack
+import zstandard
+
+from iotdata.errors import DecodeError, InvalidInputError
+from iotdata.stream._errors import CheckpointTooLargeError
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "FileCheckpoints",
+    "KafkaCheckpoints",
+    "MemoryCheckpoints",
+    "decode_checkpoint",
+    "encode_checkpoint",
+]
+
+_VERSION = 1
+#: Largest state a checkpoint decompresses to.
+MAX_STATE_BYTES = 256 * 1024 * 1024
+#: Largest checkpoint record in the Kafka store (the topic is created to take it).
+MAX_KAFKA_CHECKPOINT = 8 * 1024 * 1024
+
+
+@attrs.frozen
+class Checkpoint:
+    """Operator state of one source partition, as of ``offset`` (the next record to read)."""
+
+    topic: str
+    partition: int
+    offset: int
+    state: bytes
+
+    @property
+    def key(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """``[version, topic, partition, offset, compressed, state]`` in msgpack; a state over
+    1 KiB is zstd-compressed (dedup bitmaps and window states shrink a lot)."""
+    state = checkpoint.state
+    compressed = len(state) > 1024
+    if compressed:
+        state = zstandard.ZstdCompressor(level=3).compress(state)
+    body = [_VERSION, checkpoint.topic, checkpoint.partition, checkpoint.offset, compressed, state]
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+def decode_checkpoint(data: bytes) -> Checkpoint:
+    """Raises :class:`~iotdata.errors.DecodeError` for anything but a checkpoint we wrote."""
+    try:
+        version, topic, partition, offset, compressed, state = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise DecodeError(f"not a checkpoint: {exc}") from None
+    if version != _VERSION:
+        raise DecodeError(f"checkpoint format {version!r} is not supported (expected 1)")
+    if not (type(topic) is str and type(partition) is int and type(offset) is int):
+        raise DecodeError("malformed checkpoint")
+    if type(state) is not bytes or offset < 0 or partition < 0 or type(compressed) is not bool:
+        raise DecodeError("malformed checkpoint")
+    if compressed:
+        try:
+            state = zstandard.ZstdDecompressor().decompress(state, max_output_size=MAX_STATE_BYTES)
+        except zstandard.ZstdError as exc:
+            raise DecodeError(f"malformed checkpoint: {exc}") from None
+    return Checkpoint(topic, partition, offset, state)
+
+
+class CheckpointStore(Protocol):
+    """Where a runtime keeps its checkpoints."""
+
+    async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
+        """The latest checkpoint of each of ``partitions`` that has one."""
+
+    async def save(self, checkpoints: Iterable[Checkpoint]) -> None:
+        """Store durably (return only when stored)."""
+
+    async def close(self) -> None: ...
+
+
+@attrs.define
+class MemoryCheckpoints:
+    """Checkpoints in a dict: shared by the workers of one process (tests)."""
+
+    _saved: dict[str, Checkpoint] = attrs.Factory(dict)
+
+    async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
+        found = (self._saved.get(f"{topic}:{p}") for p in partitions)
+        return {c.partition: c for c in found if c is not None}
+
+    async def save(self, checkpoints: Iterable[Checkpoint]) -> None:
+        for checkpoint in checkpoints:
+            self._saved[checkpoint.key] = checkpoint
+
+    async def close(self) -> None:
+        return None
+
+
+@attrs.define
+class FileCheckpoints:
+    """One file per partition in ``folder``, replaced atomically (write, fsync, rename)."""
+
+    folder: Path = attrs.field(converter=Path)
+
+    def __attrs_post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, topic: str, partition: int) -> Path:
+        if "/" in topic or topic in {".", ".."}:
+            raise InvalidInputError(f"bad topic name {topic!r}")
+        return self.folder / f"{topic}-{partition}.checkpoint"
+
+    async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
+        out = {}
+        for partition in partitions:
+            path = self._path(topic, partition)
+            if path.exists():
+                out[partition] = decode_checkpoint(path.read_bytes())
+        return out
+
+    async def save(self, checkpoints: Iterable[Checkpoint]) -> None:
+        for checkpoint in checkpoints:
+            path = self._path(checkpoint.topic, checkpoint.partition)
+            temporary = path.with_name(path.name + ".tmp")
+            with temporary.open("wb") as handle:
+                handle.write(encode_checkpoint(checkpoint))
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(path)
+
+    async def close(self) -> None:
+        return None
+
+
+@attrs.define
+class KafkaCheckpoints:
+    """Checkpoints in a compacted Kafka topic keyed ``topic:partition`` (one per group).
+
+    ``load`` reads the topic from its start to its end and keeps the newest checkpoint per key:
+    compaction keeps that bounded. ``save`` returns once Kafka acknowledged every checkpoint.
+    Create the topic with :meth:`spec` (``cleanup.policy=compact``) before the first run.
+    """
+
+    bootstrap: str
+    topic: str
+    _producer: Any = None
+
+    def spec(self, partitions: int = 1) -> Any:
+        from iotdata.kafka import TopicSpec  # noqa: PLC0415
+
+        config = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_KAFKA_CHECKPOINT)}
+        return TopicSpec(name=self.topic, partitions=partitions, config=config)
+
+    async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
+        from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+
+        wanted = {f"{topic}:{p}" for p in partitions}
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=MAX_KAFKA_CHECKPOINT + 1024,
+            fetch_max_bytes=4 * MAX_KAFKA_CHECKPOINT,
+        )
+        await consumer.start()
+        latest: dict[str, Checkpoint] = {}
+        try:
+            assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            if not assigned:
+                raise InvalidInputError(
+                    f"checkpoint topic {self.topic!r} does not exist: create it with "
+                    "ensure_topics(bootstrap, store.spec())"
+                )
+            await consumer.seek_to_beginning(*assigned)
+            ends: Mapping[Any, int] = await consumer.end_offsets(assigned)
+            remaining = {tp for tp in assigned if ends[tp] > 0}
+            while remaining:
+                for records in (await consumer.getmany(*remaining, timeout_ms=500)).values():
+                    for record in records:
+                        key = record.key.decode() if record.key else ""
+                        if key in wanted and record.value is not None:
+                            latest[key] = decode_checkpoint(record.value)
+                for tp in list(remaining):  # compaction leaves gaps: compare positions
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        return {c.partition: c for c in latest.values()}
+
+    async def save(self, checkpoints: Iterable[Checkpoint]) -> None:
+        import asyncio  # noqa: PLC0415
+
+        from iotdata.kafka import PartitionedProducer, ProducerSettings  # noqa: PLC0415
+
+        if self._producer is None:
+            settings = ProducerSettings(
+                bootstrap=self.bootstrap,
+                client_id="iotdata-checkpoints",
+                batch_bytes=MAX_KAFKA_CHECKPOINT + 1024,
+                max_request_bytes=MAX_KAFKA_CHECKPOINT + 1024,
+            )
+            self._producer = await PartitionedProducer.start(settings)
+        futures = []
+        for checkpoint in checkpoints:
+            data = encode_checkpoint(checkpoint)
+            if len(data) > MAX_KAFKA_CHECKPOINT:
+                raise CheckpointTooLargeError(
+                    f"the checkpoint of {checkpoint.key} takes {len(data):,} bytes, more than "
+                    f"the {MAX_KAFKA_CHECKPOINT:,} a Kafka record may hold here: spread the "
+                    "devices over more partitions, or bound the state (Dedup(max_devices=...))"
+                )
+            futures.append(await self._producer.send(self.topic, checkpoint.key, data))
+        await asyncio.gather(*futures)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.close()
+            self._producer = None
