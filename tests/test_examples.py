@@ -67,3 +67,38 @@ def test_cold_path_parquet(tmp_path: Path) -> None:
     assert outputs[1] == outputs[0]
     files = sorted(p.name for p in (tmp_path / "lake" / "readings").rglob("*") if p.is_file())
     assert files and all(name.startswith("telemetry-p") for name in files)
+
+
+def _windowed_alerts(*options: str) -> str:
+    script = str(REPO / "examples" / "windowed_alerts.py")
+    result = subprocess.run(
+        [sys.executable, script, *options],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _check_windowed_alerts(output: str, db: Path) -> None:
+    # 20 pumps x 30 minutes, pump 7 silent for the last 15: one frame and one window per minute
+    assert output.startswith(f"585 frames, 585 one-minute windows, 3 alerts in {db}")
+    assert "critical pump-03 threshold:temperature" in output
+    assert "warning  pump-03 zscore:temperature" in output
+    assert "warning  pump-07 missing" in output
+
+
+def test_windowed_alerts_embedded(tmp_path: Path) -> None:
+    """Twice into the same SQLite file: every key lands once, so the second run changes nothing."""
+    db = tmp_path / "alerts.sqlite"
+    first = _windowed_alerts("--db", str(db))
+    _check_windowed_alerts(first, db)
+    assert _windowed_alerts("--db", str(db)) == first
+
+
+@pytest.mark.kafka
+def test_windowed_alerts_through_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
+    db = tmp_path / "alerts.sqlite"
+    _check_windowed_alerts(_windowed_alerts("--db", str(db), "--kafka", kafka_bootstrap), db)

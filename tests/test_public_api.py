@@ -18,9 +18,11 @@ PUBLIC_MODULES = [
     "iotdata.errors",
     "iotdata.gateway",
     "iotdata.kafka",
+    "iotdata.local",
     "iotdata.model",
     "iotdata.mqtt",
     "iotdata.sinks",
+    "iotdata.stream",
     "iotdata.testing",
 ]
 

@@ -84,6 +84,11 @@ _NO_EXTRA = _Extra({})
 
 def _frozen_extra(value: Mapping[str, float | None]) -> Mapping[str, float | None]:
     """``value`` as a read-only mapping; anything else is left for the row check to refuse."""
+    kind = type(value)
+    if kind is dict:  # the common cases first: this runs for every aggregate
+        return _Extra(value) if value else _NO_EXTRA
+    if kind is _Extra:
+        return value
     if isinstance(value, _Extra):
         return value
     if isinstance(value, Mapping):

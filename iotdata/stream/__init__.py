@@ -20,9 +20,9 @@ runtime checkpoints it with the source offsets and hands partitions over in a re
 * detectors raising :class:`~iotdata.sinks.Alert`: :class:`Threshold`, :class:`ZScore`,
   :class:`RateOfChange`, :class:`Flatline`, :class:`MissingData`;
 * steps: :class:`Filter`, :class:`Map`, :class:`FlatMap`, composed by :class:`Chain`;
-* the runtime: :class:`Worker`, the sources :class:`KafkaSource`, :class:`LocalSource` and
-  :class:`MqttSource`, checkpoint stores :class:`KafkaCheckpoints`, :class:`FileCheckpoints`
-  and :class:`MemoryCheckpoints`.
+* the runtime: :class:`Worker`, the sources :class:`KafkaSource`, :class:`LocalSource`,
+  :class:`MqttSource` and the in-process :class:`MemorySource`, checkpoint stores
+  :class:`KafkaCheckpoints`, :class:`FileCheckpoints` and :class:`MemoryCheckpoints`.
 
 Durations are integer microseconds or :class:`datetime.timedelta`. The guide is docs/stream.md.
 """
@@ -57,7 +57,7 @@ from iotdata.stream._pipeline import Detector, Emitted, Pipeline, PipelineProces
 from iotdata.stream._results import WindowOutput
 from iotdata.stream._runtime import Processor, Source, SourceRecord, Worker, WorkerStats
 from iotdata.stream._sketch import QuantileSketch
-from iotdata.stream._sources import KafkaSource, LocalSource, MqttSource
+from iotdata.stream._sources import KafkaSource, LocalSource, MemorySource, MqttSource
 from iotdata.stream._steps import BatchStep, Chain, Filter, FlatMap, Map, Stateful
 from iotdata.stream._windowed import WindowOperator
 from iotdata.stream._windows import Hopping, Session, Tumbling, Window
@@ -90,6 +90,7 @@ __all__ = [
     "Max",
     "Mean",
     "MemoryCheckpoints",
+    "MemorySource",
     "Min",
     "MissingData",
     "MqttSource",

@@ -27,7 +27,9 @@ Built in:
   the values, so it is the correctly rounded sum whatever the order or split of the readings,
   and ``mean = sum / count``. NaN makes the sum NaN, ``inf`` and ``-inf`` make it NaN, min and
   max ignore NaN. Ints beyond 2**53 are rounded to floats by the sum (min and max keep them).
-  A running sum that leaves the float range (beyond about ±1.8e308) stays ±inf from then on.
+  A sum beyond the float range (about ±1.8e308) is ±inf; once the exact sum of a window's
+  readings so far left that range at one of its normalizations (every ``LAZY_PARTIALS``
+  values), it stays ±inf even if later readings would bring it back.
 * :class:`Variance` and :class:`Stddev` (sample, ``ddof=1``, by default): Welford within a
   slice, Chan et al. to combine slices; stable, but rounding depends on how the readings were
   split, so equal inputs split differently agree to about 1e-12 relative, not bit for bit.
@@ -99,6 +101,8 @@ class Aggregation(Protocol):
 # --- the exact summary: [count, min, max, special, partials] --------------------------------
 
 COUNT, MIN, MAX, SPECIAL, PARTIALS = range(5)
+#: Partials a summary holds before it normalizes them.
+LAZY_PARTIALS = 64
 
 
 def new_summary() -> list[Any]:
@@ -142,30 +146,46 @@ def _exact_add_slow(summary: list[Any], values: Iterable[float]) -> None:
 
 
 def summary_add(summary: list[Any], values: Sequence[Any]) -> None:
-    """Add a slice of int/float values to a summary (also a window state: same first slots)."""
-    partials = exact_add(summary[PARTIALS], values)
-    if partials is None:
+    """Add a slice of int/float values to a summary (also a window state: same first slots).
+
+    The values join the partials as they are (one C-level extend); the partials are normalized
+    only once they hold more than ``LAZY_PARTIALS`` numbers, so a window costs one ``fsum`` per
+    slice to check for infinities and NaNs, and one when its sum is read.
+    """
+    summary[COUNT] += len(values)  # NaN and infinities count (see Count)
+    try:
+        total = _fsum(values)
+        clean = total - total == 0.0
+    except (OverflowError, ValueError):  # finite values beyond the range, or inf - inf
+        clean = False
+    if clean or all(v - v == 0 for v in values):
+        summary[PARTIALS].extend(values)
+    else:
         finite = [v for v in values if v - v == 0]
         for value in values:
             if value - value != 0:
                 summary[SPECIAL] += value
-        partials = exact_add(summary[PARTIALS], finite)
-        if partials is None:
-            _exact_add_slow(summary, finite)
-        else:
-            summary[PARTIALS] = partials
-        summary[COUNT] += len(values)
+        summary[PARTIALS].extend(finite)
         values = [v for v in values if v == v]  # noqa: PLR0124 (not NaN)
-        if not values:
-            return
-    else:
-        summary[PARTIALS] = partials
-        summary[COUNT] += len(values)
+    if len(summary[PARTIALS]) > LAZY_PARTIALS:
+        _normalize(summary)
+    if not values:
+        return
     low, high = min(values), max(values)
     if summary[MIN] is None or low < summary[MIN]:
         summary[MIN] = low
     if summary[MAX] is None or high > summary[MAX]:
         summary[MAX] = high
+
+
+def _normalize(summary: list[Any]) -> None:
+    """Replace the partials by an equal, non-overlapping few; beyond the float range, the sum
+    becomes ±inf (in ``special``) and the partials restart."""
+    partials = exact_add([], summary[PARTIALS])
+    if partials is None:
+        _exact_add_slow(summary, [])
+    else:
+        summary[PARTIALS] = partials
 
 
 def summary_merge(summary: list[Any], other: Sequence[Any]) -> None:
@@ -176,11 +196,9 @@ def summary_merge(summary: list[Any], other: Sequence[Any]) -> None:
         if other[slot] is not None:
             held = summary[slot]
             summary[slot] = other[slot] if held is None else better(held, other[slot])
-    partials = exact_add(summary[PARTIALS], other[PARTIALS])
-    if partials is None:
-        _exact_add_slow(summary, other[PARTIALS])
-    else:
-        summary[PARTIALS] = partials
+    summary[PARTIALS].extend(other[PARTIALS])
+    if len(summary[PARTIALS]) > LAZY_PARTIALS:
+        _normalize(summary)
 
 
 def summary_sum(summary: Sequence[Any]) -> float | None:
@@ -191,7 +209,14 @@ def summary_sum(summary: Sequence[Any]) -> float | None:
     if special != 0.0:
         return special
     partials = summary[PARTIALS]
-    return float(partials[0]) if partials else 0.0
+    try:
+        return _fsum(partials)
+    except OverflowError:  # the exact sum, or a step of fsum, is beyond the float range
+        exact = sum(map(Fraction, partials), Fraction(0))
+        try:
+            return float(exact)
+        except OverflowError:
+            return math.inf if exact > 0 else -math.inf
 
 
 def summary_mean(summary: Sequence[Any]) -> float | None:

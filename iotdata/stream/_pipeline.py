@@ -324,10 +324,14 @@ class PipelineProcessor:
         batches = self._chain.process(batch, partition) if self._has_steps else [batch]
         if not batches:
             return NOTHING
+        window = self._window
+        if len(batches) == 1 and window is not None and not self._detectors:  # the common case
+            out = window.process(batches[0], partition)
+            found = out.results + out.updates if out.updates else out.results
+            return Emitted((batches[0],), found, (), out.late)
         aggregates: list[WindowAggregate] = []
         alerts: list[Alert] = []
         late: list[Batch] = []
-        window = self._window
         newest = None
         for item in batches:
             if window is not None:

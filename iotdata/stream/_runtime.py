@@ -73,12 +73,13 @@ class Processor(Protocol):
 
 @attrs.frozen
 class SourceRecord:
-    """One record of a partitioned source: a codec frame keyed by device id."""
+    """One record of a partitioned source: a codec frame keyed by device id (or, from an
+    in-process source, the batch itself)."""
 
     topic: str
     partition: int
     offset: int
-    value: bytes
+    value: bytes | Batch
     #: The device id the record was addressed to (Kafka key, MQTT topic), when known.
     key: str | None = None
     #: When the record entered the source (milliseconds since the epoch), when known.
@@ -213,7 +214,8 @@ class Worker:
         self._late = _routes(self.late)
 
     async def run(self, until: Callable[[WorkerStats], bool] | None = None) -> WorkerStats:
-        """Consume until :meth:`stop` (or ``until(statistics())`` is true); checkpoint; return.
+        """Consume until :meth:`stop`, ``until(statistics())`` is true, or a bounded source
+        (one with an ``exhausted`` property) is read to its end; checkpoint; return.
 
         The source is closed on the way out; the sinks are not (they are yours).
         """
@@ -233,6 +235,8 @@ class Worker:
                     last_checkpoint = time.monotonic()
                 if until is not None and until(self.statistics()):
                     break
+                if not records and getattr(self.source, "exhausted", False):
+                    break  # a bounded source, read to its end
             if self._failure is None:
                 if self.flush_at_end:
                     for partition in sorted(self._next):
@@ -363,8 +367,11 @@ class Worker:
             self._latencies.extend((now_ms - stamp) / 1000 for stamp in stamps)
 
     def _decode(self, record: SourceRecord) -> Batch | None:
+        value = record.value
+        if type(value) is Batch:
+            return value
         try:
-            batch = self._decoder.decode(record.value)
+            batch = self._decoder.decode(value)  # type: ignore[arg-type]
         except DecodeError as exc:
             reason = str(exc)
         else:

@@ -22,7 +22,7 @@ import collections
 import threading
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -30,6 +30,7 @@ import attrs
 from iotdata._aio import wait_done
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.kafka._connect import start_client
+from iotdata.model import Batch
 from iotdata.stream._checkpoint import (
     CheckpointStore,
     FileCheckpoints,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from iotdata.mqtt import MqttConnection, MqttSettings, Topics
 
-__all__ = ["KafkaSource", "LocalSource", "MqttSource"]
+__all__ = ["KafkaSource", "LocalSource", "MemorySource", "MqttSource"]
 
 
 def _key(raw: object) -> str | None:
@@ -338,3 +339,66 @@ class MqttSource:
         connection, self._connection = self._connection, None
         if connection is not None:
             await asyncio.to_thread(connection.close)
+
+
+@attrs.define(eq=False)
+class MemorySource:
+    """A bounded, in-process source of batches, for tests, notebooks and benchmarks.
+
+    ``items`` are :class:`~iotdata.Batch` objects, each given to the partition of its device id
+    (Kafka's murmur2 over ``partitions``), or ``(partition, batch)`` pairs. They go to the
+    processor as they are: no codec, no copies. One worker reads them all, in order (each
+    partition's offsets count its items); the worker stops once every item was read.
+    Commits are kept in :attr:`committed`.
+    """
+
+    items: Sequence[Batch | tuple[int, Batch]]
+    topic: str = attrs.field(default="memory", kw_only=True)
+    partitions: int = attrs.field(default=1, kw_only=True)
+    committed: dict[int, int] = attrs.field(factory=dict, init=False)
+    _records: list[SourceRecord] = attrs.field(factory=list, init=False)
+    _cursor: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        from iotdata.kafka import Partitioner  # noqa: PLC0415
+
+        if type(self.partitions) is not int or self.partitions < 1:
+            raise InvalidInputError(f"partitions must be an int >= 1: {self.partitions!r}")
+        partitioner = Partitioner()
+        counts = [0] * self.partitions
+        for item in self.items:
+            batch: Any
+            if isinstance(item, Batch):
+                partition = partitioner.partition(item.device_id.encode(), self.partitions)
+                batch = item
+            else:
+                partition, batch = item
+                if type(partition) is not int or not 0 <= partition < self.partitions:
+                    raise InvalidInputError(f"no partition {partition!r} of {self.partitions}")
+            if type(batch) is not Batch:
+                raise InvalidInputError(f"MemorySource takes Batch objects, not {batch!r:.60}")
+            offset = counts[partition]
+            counts[partition] += 1
+            self._records.append(SourceRecord(self.topic, partition, offset, batch))
+
+    @property
+    def exhausted(self) -> bool:
+        """Every item was read."""
+        return self._cursor >= len(self._records)
+
+    async def start(self, listener: Listener) -> None:
+        await listener.assigned(set(range(self.partitions)))
+
+    async def poll(self, timeout: float, max_records: int) -> list[SourceRecord]:
+        start = self._cursor
+        self._cursor = min(len(self._records), start + max_records)
+        return self._records[start : self._cursor]
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Nothing to do: the worker skips what its checkpoint already holds."""
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        self.committed.update(offsets)
+
+    async def close(self) -> None:
+        return None

@@ -38,8 +38,11 @@ counted (``skipped``), yet move the watermark like any reading.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from heapq import heapify, heappop, heappush
+from math import fsum
 from typing import Any
 
 import attrs
@@ -102,7 +105,8 @@ class _Partition:
     skipped: int = 0
     closed: int = 0
     late_by_key: dict[Key, int] = attrs.Factory(dict)
-    windows: dict[WindowKey, list[Any]] = attrs.Factory(dict)  # tumbling and hopping
+    # tumbling and hopping: a state list, or (a new tumbling window) its one slice of values
+    windows: dict[WindowKey, Any] = attrs.Factory(dict)
     sessions: dict[Key, list[list[Any]]] = attrs.Factory(dict)  # key: [[start, last, state]]
     ends: list[int] = attrs.Factory(list)  # heap of the keys of `closing`
     closing: dict[int, list[WindowKey]] = attrs.Factory(dict)  # end: windows ending then
@@ -114,6 +118,37 @@ class _Partition:
             heappush(self.ends, end)
         else:
             pending.append(window)
+
+
+def _finite(values: Sequence[Any]) -> bool:
+    """Whether every value is finite (not NaN, not ±inf) and their sum fits a float."""
+    try:
+        total = fsum(values)
+    except (OverflowError, ValueError):
+        return False
+    return total - total == 0.0
+
+
+def _listed(state: Any) -> list[Any]:
+    """A window state as a list (the tumbling fast path keeps a new window as its slice)."""
+    listed: list[Any] = _summary_of(state) if type(state) is tuple else state
+    return listed
+
+
+def _summary_of(values: tuple[Any, ...]) -> list[Any]:
+    """A window state (summary and revision 0) for one slice of values."""
+    state: list[Any] = [0, None, None, 0.0, [], 0]
+    summary_add(state, values)
+    return state
+
+
+def _fast_sum(count: int, low: Any, high: Any, special: float, partials: list[Any]) -> Any:
+    if special != 0.0 or not count:
+        return summary_sum([count, low, high, special, partials])
+    try:
+        return fsum(partials)
+    except OverflowError:
+        return summary_sum([count, low, high, special, partials])
 
 
 def _aggregation_tuple(aggregations: Iterable[Aggregation]) -> tuple[Aggregation, ...]:
@@ -335,6 +370,9 @@ class WindowOperator:
         touched: dict[WindowKey, None] | None,
     ) -> None:
         window = self.window
+        if type(window) is Tumbling and not self._extras and touched is None:
+            self._add_tumbling(part, key, ts, values)
+            return
         size = window.size  # type: ignore[union-attr]
         windows = part.windows
         device, metric = key
@@ -343,16 +381,56 @@ class WindowOperator:
         for start, i, j in aligned_segments(ts, size, window.hop, window.offset):  # type: ignore[union-attr]
             wkey = (device, metric, start)
             state = windows.get(wkey)
+            chunk = values if i == 0 and j == whole else values[i:j]
             if state is None:
+                if not extras and _finite(chunk):  # the common case, inlined: a new window
+                    windows[wkey] = [len(chunk), min(chunk), max(chunk), 0.0, list(chunk), 0]
+                    part.schedule(start + size, wkey)
+                    if touched is not None:
+                        touched[wkey] = None
+                    continue
                 state = windows[wkey] = self._new_state()
                 part.schedule(start + size, wkey)
-            chunk = values if i == 0 and j == whole else values[i:j]
             if extras:
                 self._add(state, chunk, ts[i:j], seq[i:j])
             else:
                 summary_add(state, chunk)
             if touched is not None:
                 touched[wkey] = None
+
+    def _add_tumbling(
+        self, part: _Partition, key: Key, ts: tuple[int, ...], values: tuple[Any, ...]
+    ) -> None:
+        """:meth:`_add_aligned` for tumbling windows that only keep the summary: the hot path
+        of the common pipeline, with the segments and the new windows' states inlined."""
+        window: Tumbling = self.window  # type: ignore[assignment]
+        size, offset = window.size, window.offset
+        windows, closing, ends = part.windows, part.closing, part.ends
+        device, metric = key
+        count = len(ts)
+        last = ts[-1]
+        i = 0
+        while i < count:
+            first = ts[i]
+            start = first - (first - offset) % size
+            end = start + size
+            j = count if last < end else bisect_left(ts, end, i + 1)
+            chunk = values if i == 0 and j == count else values[i:j]
+            i = j
+            wkey = (device, metric, start)
+            state = windows.get(wkey)
+            if state is not None:
+                if type(state) is tuple:  # a second slice: make the summary now
+                    state = windows[wkey] = _summary_of(state)
+                summary_add(state, chunk)
+                continue
+            windows[wkey] = chunk  # a new window keeps its one slice until it closes
+            pending = closing.get(end)
+            if pending is None:
+                closing[end] = [wkey]
+                heappush(ends, end)
+            else:
+                pending.append(wkey)
 
     def _add_sessions(
         self,
@@ -398,9 +476,11 @@ class WindowOperator:
         results: list[WindowAggregate] = []
         ends, closing = part.ends, part.closing
         is_session = type(self.window) is Session
+        if not is_session and not self._extras and not self._views:
+            return self._close_summaries(part, upto)
         while ends and (upto is None or ends[0] <= upto):
             end = heappop(ends)
-            for wkey in sorted(closing.pop(end)):
+            for wkey in closing.pop(end):  # in the order they opened: deterministic
                 if is_session:
                     session = self._find_session(part, wkey)
                     if session is None or session[1] + self.window.gap != end:  # type: ignore[union-attr]
@@ -413,6 +493,48 @@ class WindowOperator:
                     state = part.windows.pop(wkey)
                 part.closed += 1
                 results.append(self._result(partition, wkey, end, state))
+        return results
+
+    def _close_summaries(self, part: _Partition, upto: int | None) -> list[WindowAggregate]:
+        """:meth:`_close` for aligned windows that only keep the summary: the hot path of the
+        common pipeline, with :meth:`_result` inlined."""
+        results: list[WindowAggregate] = []
+        append = results.append
+        ends, closing, windows = part.ends, part.closing, part.windows
+        trusted = WindowAggregate
+        while ends and (upto is None or ends[0] <= upto):
+            end = heappop(ends)
+            keys = closing.pop(end)
+            part.closed += len(keys)
+            for wkey in keys:
+                state = windows.pop(wkey)
+                device, metric, start = wkey
+                total: float | None
+                if type(state) is tuple:  # one slice (see _add_tumbling): summarized here
+                    count, low, high, revision = len(state), min(state), max(state), 0
+                    try:
+                        total = fsum(state)
+                    except (OverflowError, ValueError):
+                        total = math.nan
+                    if total - total != 0.0:  # not all finite: the careful way
+                        count, low, high, special, partials, revision = _summary_of(state)
+                        total = summary_sum([count, low, high, special, partials])
+                else:
+                    count, low, high, special, partials, revision = state
+                    total = _fast_sum(count, low, high, special, partials)
+                append(
+                    trusted(
+                        ANY if device is None else device,
+                        ANY if metric is None else metric,
+                        start,
+                        end,
+                        count,
+                        None if low is None else float(low),
+                        None if high is None else float(high),
+                        total,
+                        revision,
+                    )
+                )
         return results
 
     def _updates(
@@ -437,13 +559,25 @@ class WindowOperator:
     def _result(
         self, partition: int, wkey: WindowKey, end: int, state: list[Any]
     ) -> WindowAggregate:
+        low, high = state[1], state[2]
+        if not self._extras and not self._views:  # count, min, max, sum only: the fast way
+            return WindowAggregate(
+                ANY if wkey[0] is None else wkey[0],
+                ANY if wkey[1] is None else wkey[1],
+                wkey[2],
+                end,
+                state[0],
+                None if low is None else float(low),
+                None if high is None else float(high),
+                summary_sum(state),
+                state[REVISION],
+            )
         extra: dict[str, float | None] = {}
         if self._extras:
             self._extra_results(state, extra, partition)
         for aggregation in self._views:
             value = aggregation.pick(state)
             extra[aggregation.name] = None if value is None else float(value)
-        low, high = state[1], state[2]
         return WindowAggregate(
             ANY if wkey[0] is None else wkey[0],
             ANY if wkey[1] is None else wkey[1],
@@ -498,7 +632,7 @@ class WindowOperator:
             [part.watermark, part.max_ts, part.seen_max, part.progress_at],
             [part.received, part.late, part.skipped, part.closed],
             [[d, m, n] for (d, m), n in part.late_by_key.items()],
-            [[d, m, s, self._encode(st)] for (d, m, s), st in part.windows.items()],
+            [[d, m, s, self._encode(_listed(st))] for (d, m, s), st in part.windows.items()],
             [
                 [d, m, [[s[0], s[1], self._encode(s[2])] for s in found]]
                 for (d, m), found in part.sessions.items()

@@ -7,9 +7,10 @@ import itertools
 import math
 import random
 import statistics
+import sys
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iotdata import Batch
@@ -76,7 +77,10 @@ def test_sum_and_mean_are_exact_whatever_the_order_and_split(
 
 def test_sums_cancel_exactly_and_overflow_as_documented() -> None:
     assert Sum().result(feed(Sum(), [[1e308, 1e308, -1e308]])) == 1e308  # within one slice
-    assert Sum().result(feed(Sum(), [[1e308, 1e308], [-1e308]])) == math.inf  # sticks at inf
+    assert Sum().result(feed(Sum(), [[1e308, 1e308], [-1e308]])) == 1e308  # across slices too
+    huge = [[1e308] * 40, [1e308] * 40, [-1e308] * 10]  # normalized past 64 values: overflow
+    assert Sum().result(feed(Sum(), huge)) == math.inf  # sticks at inf
+    assert Sum().result(feed(Sum(), [[1e308] * 3])) == math.inf  # simply beyond the range
     assert Sum().result(feed(Sum(), [[1e16, 1.0], [-1e16]])) == 1.0
     assert Sum().result(feed(Sum(), [[0.1] * 10])) == 1.0
 
@@ -95,24 +99,26 @@ def test_non_finite_values() -> None:
     st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=60),
     st.lists(st.integers(0, 100), max_size=5),
 )
+@example(values=[0.0, 3.104466556437403e-158], cuts=[])  # a subnormal variance
 def test_variance_matches_statistics_to_a_tolerance(values: list[float], cuts: list[int]) -> None:
-    """Chan's combination rounds differently for each split: equal to 1e-9 relative."""
+    """Chan's combination rounds differently for each split: equal to 1e-9 relative. A variance
+    below the smallest normal float (subnormal, under 2.2e-308) has no relative precision left."""
     chunks = split(values, cuts)
     added = feed(Variance(), chunks)
     merged = Variance().create()
     for chunk in chunks:
         merged = Variance().merge(merged, feed(Variance(), [chunk]))
     expected = statistics.variance(values)
-    scale = max(abs(v) for v in values) ** 2
+    tolerance = max(max(abs(v) for v in values) ** 2 * 1e-12, sys.float_info.min)
     for state in (added, merged):
-        assert math.isclose(Variance().result(state), expected, rel_tol=1e-9, abs_tol=1e-12 * scale)
+        assert math.isclose(Variance().result(state), expected, rel_tol=1e-9, abs_tol=tolerance)
     assert math.isclose(
         Variance(ddof=0).result(added),
         statistics.pvariance(values),
         rel_tol=1e-9,
-        abs_tol=1e-12 * scale,
+        abs_tol=tolerance,
     )
-    assert math.isclose(Stddev().result(added) ** 2, expected, rel_tol=1e-9, abs_tol=1e-12 * scale)
+    assert math.isclose(Stddev().result(added) ** 2, expected, rel_tol=1e-9, abs_tol=tolerance)
     assert Variance().result(feed(Variance(), [[1.0]])) is None
 
 
