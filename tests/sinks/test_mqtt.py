@@ -178,6 +178,9 @@ def test_a_broker_outage_fails_the_flush_retriably_and_a_later_flush_delivers(
         try:
             await writer.write(alerts[:10])
             await writer.flush()
+            # the broker acknowledged the first ten; have them reach the subscriber before it
+            # stops (this broker keeps no sessions across a restart)
+            await asyncio.to_thread(subscriber.sync)
             await asyncio.to_thread(private_broker.stop)
             await writer.write(alerts[10:])
             with pytest.raises(SinkRetriableError):
