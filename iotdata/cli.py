@@ -1,8 +1,6 @@
 """The ``iotdata`` command.
 
-``iotdata demo`` shows the library at work with no servers. For now it runs the codec over
-sensor series (CSV files ``timestamp,value``; a synthetic fleet when none are given) and prints
-what the readings cost on the wire against JSON. The full embedded pipeline comes next.
+``iotdata demo`` runs the whole pipeline in one process with no servers (:mod:`iotdata.demo`).
 
 ``iotdata gateway`` forwards device telemetry from MQTT to Kafka (:mod:`iotdata.gateway`).
 
@@ -14,18 +12,15 @@ injected anomalies, or replayed CSV series) to an MQTT broker, through
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import random
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from iotdata import __version__, codec
+from iotdata import __version__
+from iotdata._cli_demo import add_demo
 from iotdata._cli_gateway import add_gateway
 from iotdata._cliargs import mqtt_url, positive_float, positive_int, probability, topics
 from iotdata.device import (
@@ -33,16 +28,12 @@ from iotdata.device import (
     DEFAULT_ANOMALY_RATE,
     FleetSimulator,
     SimulationSummary,
-    read_series,
     save_anomalies,
 )
 from iotdata.errors import IotDataError
-from iotdata.model import Batch
 from iotdata.mqtt import Topics
 
 __all__ = ["main"]
-
-_BATCH = 100
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,25 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"iotdata {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="show the library at work with no servers",
-        description="Encode and decode telemetry with the iotdata codec and compare its size "
-        "with one JSON message per reading. Reads CSV series (timestamp,value) from --data; "
-        "without it, simulates a small fleet.",
-    )
-    demo.add_argument(
-        "--data",
-        type=Path,
-        help="a folder of CSV files with columns timestamp,value (one device each)",
-    )
-    demo.add_argument(
-        "--batch",
-        type=int,
-        default=_BATCH,
-        help=f"readings per frame (default {_BATCH})",
-    )
-    demo.set_defaults(run=_demo)
+    add_demo(commands)
     _add_simulate(commands)
     add_gateway(commands)
     return parser
@@ -207,37 +180,6 @@ def _add_simulate(commands: Any) -> None:
     simulate.set_defaults(run=_simulate_fleet)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    if args.batch < 1:
-        print("iotdata: error: --batch must be at least 1", file=sys.stderr)
-        return 2
-    series = _load(args.data) if args.data else _simulate()
-    encoder, decoder = codec.Encoder(), codec.Decoder()
-    readings = wire = as_json = 0
-    started = time.perf_counter()
-    for position, (device, ts, values) in enumerate(series, 1):
-        for start in range(0, len(ts), args.batch):
-            part = slice(start, start + args.batch)
-            seq = list(range(start, start + len(ts[part])))
-            batch = Batch.from_columns(device, {"value": (ts[part], values[part], seq)})
-            frame = encoder.encode(batch)
-            if decoder.decode(frame) != batch:  # pragma: no cover - a codec bug
-                raise IotDataError(f"round trip failed for {device}")
-            readings += len(batch)
-            wire += len(frame)
-            as_json += sum(len(_json(r.device_id, r.metric, r.ts, r.value, r.seq)) for r in batch)
-        if sys.stderr.isatty():
-            print(f"\r  devices: {position}  readings: {readings:,}", end="", file=sys.stderr)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    elapsed = time.perf_counter() - started
-    print(f"readings encoded, decoded and checked: {readings:,} in {elapsed:.1f} s")
-    print(f"iotdata frames of {args.batch}: {wire:,} bytes ({wire / readings:.2f} per reading)")
-    print(f"one JSON message per reading: {as_json:,} bytes ({as_json / readings:.1f} per reading)")
-    print(f"JSON is {as_json / wire:.1f}x larger")
-    return 0
-
-
 def _simulate_fleet(args: argparse.Namespace) -> int:
     if args.keep_timestamps and args.replay is None:
         print("iotdata: error: --keep-timestamps needs --replay", file=sys.stderr)
@@ -331,44 +273,6 @@ def _kinds(summary: SimulationSummary) -> dict[str, int]:
     kinds = [kind for kind in ANOMALY_KINDS if kind != "dropout"]
     counts = {kind: sum(e.kind == kind for e in summary.events) for kind in kinds}
     return {kind: n for kind, n in counts.items() if n}
-
-
-def _json(device: str, metric: str, ts: int, value: object, seq: int) -> bytes:
-    record = {"device_id": device, "metric": metric, "ts": ts, "value": value, "seq": seq}
-    return json.dumps(record, separators=(",", ":")).encode()
-
-
-def _load(folder: Path) -> list[tuple[str, list[int], list[float]]]:
-    files = sorted(folder.glob("*.csv"))
-    if not files:
-        raise IotDataError(f"no CSV files in {folder}")
-    series = []
-    for path in files:
-        ts, values = read_series(path)
-        series.append((path.stem, list(ts), list(values)))
-    return series
-
-
-def _simulate(
-    devices: int = 50, readings: int = 2000
-) -> Iterator[tuple[str, list[int], list[float]]]:
-    """Temperature sensors: a daily cycle, a slow drift and noise, sampled every 10 s."""
-    rng = random.Random(7)
-    start = 1_700_000_000_000_000
-    for index in range(devices):
-        base, drift = rng.uniform(15, 25), rng.uniform(-1, 1)
-        ts = [start + 10_000_000 * i for i in range(readings)]
-        values = [
-            round(
-                base
-                + 3 * math.sin(i / 8640 * 2 * math.pi)
-                + drift * i / readings
-                + rng.gauss(0, 0.05),
-                2,
-            )
-            for i in range(readings)
-        ]
-        yield f"sensor-{index:04d}", ts, values
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,9 +30,11 @@ batches in, :class:`Emitted` records out, state per source partition, snapshots)
 Time-driven outputs use two clocks. A window with an ``idle_timeout`` closes the last windows
 of a partition that stopped receiving readings (see :class:`~iotdata.stream.WindowOperator`).
 Detectors with time-driven alerts (:class:`~iotdata.stream.MissingData`) run on the partition's
-*event clock*: the newest ``ts`` seen in the partition, after every batch; and, once the
-partition has been quiet for the pipeline's ``idle_timeout`` of wall-clock time, that ts plus
-the quiet time, so a device that goes silent with its whole partition is still reported.
+*event clock*: the newest ``ts`` seen in the partition minus the window's ``grace`` (the
+watermark: readings of other devices up to that far behind are not a silence), after every
+batch; and, once the partition has been quiet for the pipeline's ``idle_timeout`` of wall-clock
+time, that plus the quiet time, so a device that goes silent with its whole partition is still
+reported.
 """
 
 from __future__ import annotations
@@ -314,6 +316,9 @@ class PipelineProcessor:
         self._window: WindowOperator | None = window
         self._detectors: tuple[Detector, ...] = detectors
         self._idle = pipeline.idle_timeout
+        # the event clock of detectors lags the newest ts by the window's grace: readings of
+        # other devices up to that far behind are in order, not a silence
+        self._lag = window.grace if window is not None else 0
         # partition: [newest ts, newest ts at the last tick, wall time of that tick]
         self._clocks: dict[int, list[int | None]] = {}
 
@@ -353,7 +358,8 @@ class PipelineProcessor:
             clock = self._clock(partition)
             if clock[0] is None or newest > clock[0]:
                 clock[0] = newest
-            alerts.extend(self._advance_detectors(partition, clock[0]))  # type: ignore[arg-type]
+            now = clock[0] - self._lag  # type: ignore[operator]
+            alerts.extend(self._advance_detectors(partition, now))
         return Emitted(tuple(batches), tuple(aggregates), tuple(alerts), tuple(late))
 
     def tick(self, partition: int, now: int) -> Emitted:
@@ -369,7 +375,7 @@ class PipelineProcessor:
             if newest != seen or since is None:
                 clock[1], clock[2] = newest, now
             elif now - since >= self._idle:
-                alerts = self._advance_detectors(partition, clock[0] + now - since)
+                alerts = self._advance_detectors(partition, clock[0] + now - since - self._lag)
         if not aggregates and not alerts:
             return NOTHING
         return Emitted(aggregates=aggregates, alerts=tuple(alerts))
