@@ -97,3 +97,13 @@ def test_demo_through_the_real_services(
     assert figures["alerts"] > 0
     assert "gateway -> Kafka" in result.stdout
     assert "PostgreSQL" in result.stdout
+
+
+@pytest.mark.kafka
+def test_demo_with_a_kafka_topic_as_the_log(kafka_bootstrap: str, tmp_path: Path) -> None:
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), *SMALL, "--kafka", kafka_bootstrap)
+    assert result.returncode == 0, result.stderr
+    figures = _figures(result.stdout)
+    assert figures["through"] == figures["stored"] == figures["sent"] > 0
+    assert (figures["late"], figures["twice"]) == (0, 0)
+    assert f"Kafka {kafka_bootstrap}" in result.stdout

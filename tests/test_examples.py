@@ -102,3 +102,21 @@ def test_windowed_alerts_embedded(tmp_path: Path) -> None:
 def test_windowed_alerts_through_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
     db = tmp_path / "alerts.sqlite"
     _check_windowed_alerts(_windowed_alerts("--db", str(db), "--kafka", kafka_bootstrap), db)
+
+
+def test_custom_sink(tmp_path: Path) -> None:
+    """The example's sink passes check_sink, and two runs of its pipeline store each alert once."""
+    script = str(REPO / "examples" / "custom_sink.py")
+    result = subprocess.run(
+        [sys.executable, script, "--file", str(tmp_path / "new" / "alerts.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "AlertFile passes iotdata.testing.check_sink",
+        "critical boiler-1 threshold:temperature 48.0 at +100 s",
+        "critical boiler-1 threshold:temperature 55.0 at +400 s",
+    ]
