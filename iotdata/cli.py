@@ -22,6 +22,7 @@ from typing import Any
 from iotdata import __version__
 from iotdata._cli_demo import add_demo
 from iotdata._cli_gateway import add_gateway
+from iotdata._cli_inspect import add_inspect
 from iotdata._cliargs import mqtt_url, positive_float, positive_int, probability, topics
 from iotdata.device import (
     ANOMALY_KINDS,
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     add_demo(commands)
     _add_simulate(commands)
     add_gateway(commands)
+    add_inspect(commands)
     return parser
 
 

@@ -107,3 +107,106 @@ def test_demo_with_a_kafka_topic_as_the_log(kafka_bootstrap: str, tmp_path: Path
     assert figures["through"] == figures["stored"] == figures["sent"] > 0
     assert (figures["late"], figures["twice"]) == (0, 0)
     assert f"Kafka {kafka_bootstrap}" in result.stdout
+
+
+def _frames(count: int) -> list[tuple[str, bytes]]:
+    from iotdata import Batch, codec  # noqa: PLC0415
+
+    start = 1_714_521_600_000_000
+    out = []
+    for i in range(count):
+        ts = [start + s * 1_000_000 for s in range(10)]
+        batch = Batch.from_columns(f"pump-{i}", {"rpm": (ts, [float(i)] * 10, range(10))})
+        out.append((batch.device_id, codec.encode(batch)))
+    return out
+
+
+def test_inspect_decodes_files_and_reports_bad_ones(tmp_path: Path) -> None:
+    (tmp_path / "good.frame").write_bytes(_frames(1)[0][1])
+    (tmp_path / "bad.frame").write_bytes(b"iT\x10 not really")
+    good = run_cli("inspect", str(tmp_path / "good.frame"))
+    assert good.returncode == 0, good.stderr
+    assert "pump-0: 10 readings of rpm; 2024-05-01T00:00:00Z .. 2024-05-01T00:00:09Z" in good.stdout
+    assert "2024-05-01T00:00:00Z  rpm = 0.0  (seq 0)" in good.stdout
+    both = run_cli("inspect", str(tmp_path / "good.frame"), str(tmp_path / "bad.frame"))
+    assert both.returncode == 1
+    assert "bad.frame: not a frame:" in both.stdout
+    assert both.stdout.rstrip().endswith("1 frames, 10 readings, 1 bad")
+    assert run_cli("inspect").returncode == 2
+    assert run_cli("inspect", "--log", str(tmp_path)).returncode == 2  # no --topic
+    missing = run_cli("inspect", str(tmp_path / "none.frame"))
+    assert (missing.returncode, "cannot read" in missing.stderr) == (1, True)
+
+
+def test_inspect_reads_an_embedded_log(tmp_path: Path) -> None:
+    from iotdata.local import LocalLog  # noqa: PLC0415
+
+    with LocalLog.open(tmp_path / "log") as log:
+        log.create_topic("telemetry", 2)
+        for device, frame in _frames(5):
+            log.append("telemetry", device.encode(), frame)
+    result = run_cli("inspect", "--log", str(tmp_path / "log"), "--topic", "telemetry", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 50
+    assert sorted({line.split('"device_id": "')[1].split('"')[0] for line in lines}) == [
+        f"pump-{i}" for i in range(5)
+    ]
+    wrong = run_cli("inspect", "--log", str(tmp_path / "log"), "--topic", "other")
+    assert (wrong.returncode, "topics: telemetry" in wrong.stderr) == (1, True)
+
+
+@pytest.mark.kafka
+def test_inspect_reads_a_kafka_topic(kafka_bootstrap: str, unique_name: str) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from iotdata.kafka import (  # noqa: PLC0415
+        PartitionedProducer,
+        ProducerSettings,
+        TopicSpec,
+        ensure_topics,
+    )
+
+    async def produce() -> None:
+        await ensure_topics(kafka_bootstrap, TopicSpec(name=unique_name, partitions=3))
+        settings = ProducerSettings(bootstrap=kafka_bootstrap)
+        async with await PartitionedProducer.start(settings) as producer:
+            for device, frame in _frames(6):
+                await producer.send(unique_name, device, frame)
+            await producer.flush(30)
+
+    asyncio.run(produce())
+    result = run_cli("inspect", "--kafka", kafka_bootstrap, "--topic", unique_name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("6 frames, 60 readings, 0 bad")
+
+
+@pytest.mark.mqtt
+def test_inspect_listens_on_an_mqtt_topic(mqtt_url: str, unique_name: str) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from iotdata.mqtt import MqttConnection, MqttSettings  # noqa: PLC0415
+
+    options = ["--topic", f"{unique_name}/+/telemetry", "--max", "3", "--seconds", "60"]
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "iotdata.cli", "inspect", "--mqtt", mqtt_url, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    publisher = MqttConnection.start(MqttSettings.from_url(mqtt_url), f"pub-{unique_name}")
+    try:
+        publisher.wait_connected(10)
+        frames = iter(_frames(100))
+        while listener.poll() is None:  # until it has its three (it may subscribe late)
+            device, frame = next(frames)
+            publisher.publish(f"{unique_name}/{device}/telemetry", frame).wait(10)
+            time.sleep(0.2)
+        out, err = listener.communicate(timeout=60)
+    finally:
+        publisher.close()
+        listener.kill()
+    assert listener.returncode == 0, err
+    assert out.rstrip().endswith("3 frames, 30 readings, 0 bad")
