@@ -23,6 +23,7 @@ from iotdata import __version__
 from iotdata._cli_demo import add_demo
 from iotdata._cli_gateway import add_gateway
 from iotdata._cli_inspect import add_inspect
+from iotdata._cli_run import add_run
 from iotdata._cliargs import mqtt_url, positive_float, positive_int, probability, topics
 from iotdata.device import (
     ANOMALY_KINDS,
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     add_gateway(commands)
     add_inspect(commands)
+    add_run(commands)
     return parser
 
 

@@ -210,3 +210,45 @@ def test_inspect_listens_on_an_mqtt_topic(mqtt_url: str, unique_name: str) -> No
         listener.kill()
     assert listener.returncode == 0, err
     assert out.rstrip().endswith("3 frames, 30 readings, 0 bad")
+
+
+APP = """
+from datetime import timedelta
+from iotdata.sinks import SqliteSink
+from iotdata.stream import Count, Mean, Pipeline, Tumbling
+
+pipeline = (
+    Pipeline()
+    .dedup()
+    .window(Tumbling(timedelta(seconds=5)), Count(), Mean(), grace=timedelta(seconds=10))
+    .to(SqliteSink(path={db!r}))
+)
+"""
+
+
+def test_run_a_pipeline_from_a_users_file(tmp_path: Path) -> None:
+    from iotdata.local import LocalLog  # noqa: PLC0415
+
+    with LocalLog.open(tmp_path / "log") as log:
+        log.create_topic("telemetry", 2)
+        for device, frame in _frames(4):
+            log.append("telemetry", device.encode(), frame)
+    app = tmp_path / "app.py"
+    app.write_text(APP.format(db=str(tmp_path / "out.sqlite")))
+    options = ["--log", str(tmp_path / "log"), "--topic", "telemetry", "--group", "app"]
+    result = run_cli("run", str(app), *options, "--records", "4", "--flush-at-end")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("4 records, 40 readings, 8 aggregates, 0 alerts, 0 late")
+    with sqlite3.connect(tmp_path / "out.sqlite") as conn:
+        rows = conn.execute(
+            'SELECT device_id, "count", "sum" FROM aggregates ORDER BY device_id, window_start'
+        ).fetchall()
+    # 10 readings a device of value i, at seconds 0..9: two 5-second windows each
+    assert rows == [(f"pump-{i}", 5, 5.0 * i) for i in range(4) for _ in range(2)]
+    app.write_text("pipeline = 42\n")
+    wrong = run_cli("run", str(app), *options)
+    assert (wrong.returncode, "must define 'pipeline' as a Pipeline" in wrong.stderr) == (2, True)
+    app.write_text("raise RuntimeError('boom')\n")
+    broken = run_cli("run", str(app), *options)
+    assert (broken.returncode, "RuntimeError: boom" in broken.stderr) == (1, True)
+    assert run_cli("run", str(tmp_path / "none.py")).returncode == 2
