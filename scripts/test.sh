@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: sets up what a fresh machine lacks (a .venv with the package and its dev
-# tools, the real services), then runs the linters, the type checker and the tests, stopping at
-# the first step that fails. Arguments go to pytest, e.g. `./scripts/test.sh -k kafka -x`.
+# tools, the real services), then runs the linters, the type checker, the documentation build
+# (mkdocs --strict) and the tests, stopping at the first step that fails. Arguments go to pytest, e.g. `./scripts/test.sh -k kafka -x`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,4 +26,5 @@ step() {
 step ruff check .
 step ruff format --check .
 step mypy
+NO_MKDOCS_2_WARNING=1 step mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 step pytest "$@"

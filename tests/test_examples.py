@@ -120,3 +120,24 @@ def test_custom_sink(tmp_path: Path) -> None:
         "critical boiler-1 threshold:temperature 48.0 at +100 s",
         "critical boiler-1 threshold:temperature 55.0 at +400 s",
     ]
+
+
+def test_edge_gateway(tmp_path: Path) -> None:
+    """Edge operators keep most readings off the network; what is sent arrives whole."""
+    script = str(REPO / "examples" / "edge_gateway.py")
+    result = subprocess.run(
+        [sys.executable, script, "--queue", str(tmp_path / "q")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    # 120 s of 100 Hz vibration and 1 Hz temperature: 12,120 readings; vibration leaves as
+    # 120 one-second min/max/mean triples (360), temperature past the deadband or the heartbeat
+    assert first.startswith("12,120 readings taken, ")
+    sent = int(first.split(", ")[1].split()[0].replace(",", ""))
+    assert 360 < sent < 500
+    assert first.endswith("0 still queued")
+    assert second.startswith(f"the cloud decoded {sent:,} readings in ")

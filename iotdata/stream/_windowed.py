@@ -480,7 +480,10 @@ class WindowOperator:
             return self._close_summaries(part, upto)
         while ends and (upto is None or ends[0] <= upto):
             end = heappop(ends)
-            for wkey in closing.pop(end):  # in the order they opened: deterministic
+            keys = closing.pop(end)
+            # aligned windows close in the order they opened (a snapshot keeps it); sessions
+            # are rescheduled as they grow, so they close in key order, the same after a restore
+            for wkey in sorted(set(keys)) if is_session else keys:
                 if is_session:
                     session = self._find_session(part, wkey)
                     if session is None or session[1] + self.window.gap != end:  # type: ignore[union-attr]
