@@ -2,6 +2,7 @@
 
     python examples/windowed_alerts.py [--db alerts.sqlite] [--devices 20] [--minutes 30]
     python examples/windowed_alerts.py --kafka 127.0.0.1:9092      # the same, through Kafka
+    python examples/windowed_alerts.py --postgres postgresql://...  # stored in PostgreSQL
 
 Twenty pumps report their temperature once a second, in frames of 60 readings, into the
 embedded partitioned log (or a Kafka topic). Pump 3 overheats for a few seconds and pump 7
@@ -20,11 +21,12 @@ import tempfile
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from iotdata import Batch, codec
 from iotdata.kafka import PartitionedProducer, ProducerSettings, TopicSpec, ensure_topics
 from iotdata.local import LocalLog
-from iotdata.sinks import SqliteSink
+from iotdata.sinks import PostgresSink, SqliteSink
 from iotdata.stream import (
     Count,
     KafkaSource,
@@ -41,6 +43,7 @@ from iotdata.stream import (
 )
 
 SECOND = 1_000_000
+PREFIX = "windowed_alerts_"
 START = 1_714_600_800 * SECOND  # 2024-05-01 22:00 UTC
 
 
@@ -62,7 +65,7 @@ def frames(devices: int, minutes: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def pipeline(db: Path) -> Pipeline:
+def pipeline(sink: SqliteSink | PostgresSink) -> Pipeline:
     return (
         Pipeline()
         .dedup()
@@ -80,26 +83,26 @@ def pipeline(db: Path) -> Pipeline:
             ZScore(threshold=6.0, warmup=120, cooldown=timedelta(minutes=5)),
             MissingData(timeout=timedelta(minutes=3)),
         )
-        .to(SqliteSink(path=db))
+        .to(sink)
     )
 
 
-async def run(db: Path, source: LocalSource | KafkaSource, count: int) -> int:
+async def run(sink: Any, source: LocalSource | KafkaSource, count: int) -> int:
     """Until every frame was read; then close the last windows too."""
-    stats = await pipeline(db).run(source, until=lambda s: s.records >= count, flush_at_end=True)
+    stats = await pipeline(sink).run(source, until=lambda s: s.records >= count, flush_at_end=True)
     return stats.records
 
 
-async def run_embedded(db: Path, data: list[tuple[str, bytes]]) -> int:
+async def run_embedded(sink: Any, data: list[tuple[str, bytes]]) -> int:
     log = LocalLog.memory()
     log.create_topic("telemetry", 4)
     for device, frame in data:
         log.append("telemetry", device.encode(), frame)
     source = LocalSource("telemetry", log=log, group="alerts")
-    return await run(db, source, len(data))
+    return await run(sink, source, len(data))
 
 
-async def run_kafka(db: Path, data: list[tuple[str, bytes]], bootstrap: str) -> int:
+async def run_kafka(sink: Any, data: list[tuple[str, bytes]], bootstrap: str) -> int:
     topic = f"example-telemetry-{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, TopicSpec(name=topic, partitions=4))
     async with await PartitionedProducer.start(ProducerSettings(bootstrap=bootstrap)) as producer:
@@ -107,7 +110,16 @@ async def run_kafka(db: Path, data: list[tuple[str, bytes]], bootstrap: str) -> 
             await producer.send(topic, device, frame)
         await producer.flush(60)
     source = KafkaSource(topic, bootstrap=bootstrap, group=topic)
-    return await run(db, source, len(data))
+    return await run(sink, source, len(data))
+
+
+def results(conn: Any, prefix: str) -> tuple[int, list[tuple[str, str, str]]]:
+    """The number of windows, and the alerts in time order (the same SQL for both stores)."""
+    windows = conn.execute(f"SELECT count(*) FROM {prefix}aggregates").fetchone()[0]
+    alerts = conn.execute(
+        f"SELECT device_id, detector, severity FROM {prefix}alerts ORDER BY ts, device_id"
+    ).fetchall()
+    return windows, alerts
 
 
 def main() -> None:
@@ -116,19 +128,28 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--kafka", help="bootstrap servers: read from a Kafka topic instead")
+    parser.add_argument("--postgres", help="a PostgreSQL DSN: store there instead of SQLite")
     args = parser.parse_args()
     db = args.db or Path(tempfile.mkdtemp()) / "alerts.sqlite"
+    sink: SqliteSink | PostgresSink = SqliteSink(path=db)
+    if args.postgres:  # tables windowed_alerts_readings, _aggregates, _alerts
+        sink = PostgresSink(dsn=args.postgres, table_prefix=PREFIX, create_tables=True)
     data = frames(args.devices, args.minutes)
     if args.kafka:
-        records = asyncio.run(run_kafka(db, data, args.kafka))
+        records = asyncio.run(run_kafka(sink, data, args.kafka))
     else:
-        records = asyncio.run(run_embedded(db, data))
-    with sqlite3.connect(db) as conn:
-        windows = conn.execute("SELECT count(*) FROM aggregates").fetchone()[0]
-        alerts = conn.execute(
-            "SELECT device_id, detector, severity FROM alerts ORDER BY ts, device_id"
-        ).fetchall()
-    print(f"{records} frames, {windows} one-minute windows, {len(alerts)} alerts in {db}")
+        records = asyncio.run(run_embedded(sink, data))
+    if args.postgres:
+        import psycopg  # noqa: PLC0415 - the [postgres] extra, only when asked for
+
+        where = "PostgreSQL"
+        with psycopg.connect(args.postgres) as conn:
+            windows, alerts = results(conn, PREFIX)
+    else:
+        where = str(db)
+        with sqlite3.connect(db) as conn:
+            windows, alerts = results(conn, "")
+    print(f"{records} frames, {windows} one-minute windows, {len(alerts)} alerts in {where}")
     for device, detector, severity in alerts:
         print(f"  {severity:8} {device} {detector}")
 

@@ -82,7 +82,7 @@ def _windowed_alerts(*options: str) -> str:
     return result.stdout
 
 
-def _check_windowed_alerts(output: str, db: Path) -> None:
+def _check_windowed_alerts(output: str, db: Path | str) -> None:
     # 20 pumps x 30 minutes, pump 7 silent for the last 15: one frame and one window per minute
     assert output.startswith(f"585 frames, 585 one-minute windows, 3 alerts in {db}")
     assert "critical pump-03 threshold:temperature" in output
@@ -141,3 +141,10 @@ def test_edge_gateway(tmp_path: Path) -> None:
     assert 360 < sent < 500
     assert first.endswith("0 still queued")
     assert second.startswith(f"the cloud decoded {sent:,} readings in ")
+
+
+@pytest.mark.postgres
+def test_windowed_alerts_to_postgres(postgres_dsn: str) -> None:
+    """Into PostgreSQL, twice: the tables hold each window and alert once."""
+    for _ in range(2):
+        _check_windowed_alerts(_windowed_alerts("--postgres", postgres_dsn), "PostgreSQL")
