@@ -133,11 +133,13 @@ def _print(summary: Any) -> None:
         f"  readings  ticks {s.ticks:,}; sent {s.readings_accepted:,} (the rest were dropouts)",
         f"            through the pipeline {stream.readings:,} in {stream.records:,} frames, "
         f"late {stream.late}, dead-lettered {s.dead_lettered}",
-        f"            stored {stored.readings:,} in the warm store, each (device_id, seq) "
-        f"once ({stored.duplicate_keys} twice)",
+        f"            stored {stored.readings:,} in the warm store (keyed by device_id, seq)",
     ]
-    if stored.parquet_rows is not None:
-        lines.append(f"            {stored.parquet_rows:,} in Parquet under {o.out / 'lake'}")
+    if stored.parquet_rows is not None and stored.parquet_keys is not None:
+        lines.append(
+            f"            {stored.parquet_rows:,} in Parquet under {o.out / 'lake'}, "
+            f"each (device_id, seq) once ({stored.parquet_rows - stored.parquet_keys} twice)"
+        )
     else:
         lines.append("            Parquet skipped: pip install 'iotdata[parquet]'")
     if s.wire_bytes:

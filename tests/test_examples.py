@@ -11,57 +11,43 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.mqtt
-def test_device_publish(mqtt_url: str, tmp_path: Path, unique_name: str) -> None:
-    script = str(REPO / "examples" / "device_publish.py")
-    options = ["--device", unique_name, "--queue", str(tmp_path / "q"), "--readings", "300"]
+def run_example(name: str, *options: str, timeout: float = 180) -> str:
+    """Run ``examples/<name>.py`` with ``options``; it must succeed. Its standard output."""
     result = subprocess.run(
-        [sys.executable, script, "--mqtt", mqtt_url, *options],
+        [sys.executable, str(REPO / "examples" / f"{name}.py"), *options],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    acknowledged = int(result.stdout.split()[0])
+    return result.stdout
+
+
+@pytest.mark.mqtt
+def test_device_publish(mqtt_url: str, tmp_path: Path, unique_name: str) -> None:
+    options = ["--device", unique_name, "--queue", str(tmp_path / "q"), "--readings", "300"]
+    output = run_example("device_publish", "--mqtt", mqtt_url, *options)
+    acknowledged = int(output.split()[0])
     assert 300 <= acknowledged <= 600  # every humidity reading, temperatures past the deadband
-    assert result.stdout.rstrip().endswith("0 queued")
+    assert output.rstrip().endswith("0 queued")
 
 
 @pytest.mark.mqtt
 @pytest.mark.kafka
 def test_mqtt_to_kafka(mqtt_url: str, kafka_bootstrap: str, unique_name: str) -> None:
-    script = str(REPO / "examples" / "mqtt_to_kafka.py")
     options = ["--mqtt", mqtt_url, "--kafka", kafka_bootstrap, "--prefix", unique_name]
-    result = subprocess.run(
-        [sys.executable, script, *options, "--devices", "2", "--readings", "500"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"1000 readings from 2 devices in {unique_name}.telemetry")
-    assert "0 dead-lettered" in result.stdout
+    output = run_example("mqtt_to_kafka", *options, "--devices", "2", "--readings", "500")
+    assert output.startswith(f"1000 readings from 2 devices in {unique_name}.telemetry")
+    assert "0 dead-lettered" in output
 
 
 def test_cold_path_parquet(tmp_path: Path) -> None:
     """Twice on the same folder: the files are named after the source positions, so the second
     run overwrites them instead of doubling the rows."""
     pytest.importorskip("pyarrow")
-    script = str(REPO / "examples" / "cold_path_parquet.py")
     options = ["--out", str(tmp_path / "lake"), "--devices", "4", "--batches", "5"]
-    outputs = []
-    for _ in range(2):
-        result = subprocess.run(
-            [sys.executable, script, *options],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout)
+    outputs = [run_example("cold_path_parquet", *options) for _ in range(2)]
     # 4 devices x 5 batches x 100 readings of 2 metrics
     assert outputs[0].startswith("4000 readings in ")
     assert outputs[1] == outputs[0]
@@ -70,16 +56,7 @@ def test_cold_path_parquet(tmp_path: Path) -> None:
 
 
 def _windowed_alerts(*options: str) -> str:
-    script = str(REPO / "examples" / "windowed_alerts.py")
-    result = subprocess.run(
-        [sys.executable, script, *options],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return run_example("windowed_alerts", *options)
 
 
 def _check_windowed_alerts(output: str, db: Path | str) -> None:
@@ -106,16 +83,8 @@ def test_windowed_alerts_through_kafka(kafka_bootstrap: str, tmp_path: Path) -> 
 
 def test_custom_sink(tmp_path: Path) -> None:
     """The example's sink passes check_sink, and two runs of its pipeline store each alert once."""
-    script = str(REPO / "examples" / "custom_sink.py")
-    result = subprocess.run(
-        [sys.executable, script, "--file", str(tmp_path / "new" / "alerts.json")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    output = run_example("custom_sink", "--file", str(tmp_path / "new" / "alerts.json"))
+    assert output.splitlines() == [
         "AlertFile passes iotdata.testing.check_sink",
         "critical boiler-1 threshold:temperature 48.0 at +100 s",
         "critical boiler-1 threshold:temperature 55.0 at +400 s",
@@ -124,16 +93,7 @@ def test_custom_sink(tmp_path: Path) -> None:
 
 def test_edge_gateway(tmp_path: Path) -> None:
     """Edge operators keep most readings off the network; what is sent arrives whole."""
-    script = str(REPO / "examples" / "edge_gateway.py")
-    result = subprocess.run(
-        [sys.executable, script, "--queue", str(tmp_path / "q")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    first, second = result.stdout.splitlines()
+    first, second = run_example("edge_gateway", "--queue", str(tmp_path / "q")).splitlines()
     # 120 s of 100 Hz vibration and 1 Hz temperature: 12,120 readings; vibration leaves as
     # 120 one-second min/max/mean triples (360), temperature past the deadband or the heartbeat
     assert first.startswith("12,120 readings taken, ")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -456,156 +457,147 @@ class _Transport:
     delivered: Callable[[], Any]
 
 
-class _transport:  # noqa: N801 - an async context manager used like a function
-    def __init__(self, demo: _Demo, out: Path) -> None:
-        self.demo, self.out = demo, out
-        self.closers: list[Callable[[], Any]] = []
-
-    async def __aenter__(self) -> _Transport:
-        try:
-            if self.demo.options.mqtt is not None:
-                return await self._gateway()
-            return await self._bridge()
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        while self.closers:
-            result = self.closers.pop()()
-            if asyncio.iscoroutine(result):
-                await result
-
-    async def _log_or_kafka(self, kafka_topics: KafkaTopics) -> tuple[Any, Any]:
-        """The pipeline's source and the bridge's producer: the embedded log, or Kafka."""
-        demo, options = self.demo, self.demo.options
-        source: Any
-        producer: Any
-        if options.kafka is None:
-            from iotdata.local import LocalLog, LocalProducer  # noqa: PLC0415
-            from iotdata.stream import LocalSource  # noqa: PLC0415
-
-            log = LocalLog.open(self.out / "log")
-            self.closers.append(log.close)
-            log.create_topic(kafka_topics.telemetry, PARTITIONS)
-            producer = LocalProducer(log)
-            source = LocalSource(kafka_topics.telemetry, log=log, group="demo")
+@contextlib.asynccontextmanager
+async def _transport(demo: _Demo, out: Path) -> AsyncIterator[_Transport]:
+    """The devices' broker and the pipeline's log, closed in reverse order on the way out."""
+    async with contextlib.AsyncExitStack() as stack:
+        if demo.options.mqtt is not None:
+            yield await _gateway(demo, stack)
         else:
-            from iotdata.kafka import (  # noqa: PLC0415
-                PartitionedProducer,
-                ProducerSettings,
-                TopicSpec,
-                ensure_topics,
-            )
-            from iotdata.stream import KafkaSource  # noqa: PLC0415
+            yield await _bridge(demo, out, stack)
 
-            await ensure_topics(
-                options.kafka, TopicSpec(name=kafka_topics.telemetry, partitions=PARTITIONS)
-            )
-            producer = await PartitionedProducer.start(ProducerSettings(bootstrap=options.kafka))
-            source = KafkaSource(
-                kafka_topics.telemetry, bootstrap=options.kafka, group=demo.topics.prefix
-            )
-        self.closers.append(producer.close)
-        return source, producer
 
-    async def _bridge(self) -> _Transport:
-        """Devices on the in-process broker; a bridge checks each frame as the gateway does
-        (envelope, checksum, limits, the device of the topic) and appends it to the embedded
-        log, or to Kafka with ``kafka``."""
-        demo = self.demo
-        kafka_topics = KafkaTopics.with_prefix(demo.topics.prefix)
-        source, producer = await self._log_or_kafka(kafka_topics)
-        broker = LocalBroker()
-        self.closers.append(broker.close)
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+async def _log_or_kafka(
+    demo: _Demo, out: Path, stack: contextlib.AsyncExitStack, kafka_topics: KafkaTopics
+) -> tuple[Any, Any]:
+    """The pipeline's source and the bridge's producer: the embedded log, or Kafka."""
+    options = demo.options
+    source: Any
+    producer: Any
+    if options.kafka is None:
+        from iotdata.local import LocalLog, LocalProducer  # noqa: PLC0415
+        from iotdata.stream import LocalSource  # noqa: PLC0415
 
-        def arrived(message: Any) -> None:  # on the broker's thread
-            loop.call_soon_threadsafe(inbox.put_nowait, (message.topic, bytes(message.payload)))
-
-        cloud = broker.connect("iotdata-demo-bridge")
-        cloud.subscribe(demo.topics.all_telemetry(), arrived)
-        marker_topic = f"{demo.topics.prefix}/_bridge/marker"
-        cloud.subscribe(marker_topic, arrived)
-        router = Router(topics=demo.topics, kafka=kafka_topics)
-        counts = demo.counts
-        markers: dict[bytes, asyncio.Future[None]] = {}
-        sent: list[asyncio.Future[Any]] = []
-
-        async def bridge() -> None:
-            while (item := await inbox.get()) is not None:
-                topic, payload = item
-                if topic == marker_topic:
-                    markers.pop(payload).set_result(None)
-                    continue
-                route = router.route(topic, payload)
-                if route.kind != "telemetry":
-                    counts.dead += 1  # the gateway would dead-letter it; nothing is
-                    continue
-                key = route.key or b""
-                sent.append(await producer.send(route.topic, key, payload, headers=route.headers))
-                counts.frames += 1
-                counts.wire_bytes += len(payload)
-
-        task = asyncio.create_task(bridge())
-
-        async def stop_bridge() -> None:
-            inbox.put_nowait(None)
-            await asyncio.gather(task, return_exceptions=True)
-
-        self.closers.append(stop_bridge)
-
-        async def delivered() -> int:
-            # the devices are done and everything they published is in the broker's queue; a
-            # marker sent behind it comes out after the last frame
-            token = uuid.uuid4().hex.encode()
-            markers[token] = loop.create_future()
-            cloud.publish(marker_topic, token)
-            await asyncio.wait({markers[token], task}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                task.result()
-                raise RuntimeError("the demo's bridge stopped early")
-            await producer.flush(60)
-            await asyncio.gather(*sent)
-            return counts.frames
-
-        return _Transport(source, broker, delivered)
-
-    async def _gateway(self) -> _Transport:
-        """Devices on the real broker; the gateway forwards into Kafka."""
-        from iotdata.gateway import Gateway, GatewaySettings  # noqa: PLC0415
-        from iotdata.kafka import ProducerSettings, TopicSpec, ensure_topics  # noqa: PLC0415
-        from iotdata.mqtt import MqttSettings  # noqa: PLC0415
+        log = LocalLog.open(out / "log")
+        stack.callback(log.close)
+        log.create_topic(kafka_topics.telemetry, PARTITIONS)
+        producer = LocalProducer(log)
+        source = LocalSource(kafka_topics.telemetry, log=log, group="demo")
+    else:
+        from iotdata.kafka import (  # noqa: PLC0415
+            PartitionedProducer,
+            ProducerSettings,
+            TopicSpec,
+            ensure_topics,
+        )
         from iotdata.stream import KafkaSource  # noqa: PLC0415
 
-        demo, options = self.demo, self.demo.options
-        assert options.mqtt is not None and options.kafka is not None
-        kafka_topics = KafkaTopics.with_prefix(demo.topics.prefix)
-        names = (kafka_topics.telemetry, kafka_topics.devices, kafka_topics.dead_letters)
         await ensure_topics(
-            options.kafka, *(TopicSpec(name=name, partitions=PARTITIONS) for name in names)
+            options.kafka, TopicSpec(name=kafka_topics.telemetry, partitions=PARTITIONS)
         )
-        settings = GatewaySettings(
-            mqtt=MqttSettings.from_url(options.mqtt),
-            kafka=ProducerSettings(bootstrap=options.kafka),
-            topics=demo.topics,
-            kafka_topics=kafka_topics,
-            group=demo.topics.prefix,
-        )
-        gateway = await Gateway.start(settings)
-        self.closers.append(gateway.close)
-        await asyncio.to_thread(gateway.wait_ready, 60)
+        producer = await PartitionedProducer.start(ProducerSettings(bootstrap=options.kafka))
         source = KafkaSource(
             kafka_topics.telemetry, bootstrap=options.kafka, group=demo.topics.prefix
         )
-        counts = demo.counts
+    stack.push_async_callback(producer.close)
+    return source, producer
 
-        async def delivered() -> int:
-            # the devices flushed: the gateway acknowledged (and so forwarded) every frame
-            stats = gateway.statistics()
-            counts.frames = stats.forwarded
-            counts.dead = stats.dead_lettered
-            return stats.forwarded
 
-        return _Transport(source, options.mqtt, delivered)
+async def _bridge(demo: _Demo, out: Path, stack: contextlib.AsyncExitStack) -> _Transport:
+    """Devices on the in-process broker; a bridge checks each frame as the gateway does
+    (envelope, checksum, limits, the device of the topic) and appends it to the embedded
+    log, or to Kafka with ``kafka``."""
+    kafka_topics = KafkaTopics.with_prefix(demo.topics.prefix)
+    source, producer = await _log_or_kafka(demo, out, stack, kafka_topics)
+    broker = LocalBroker()
+    stack.callback(broker.close)
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+
+    def arrived(message: Any) -> None:  # on the broker's thread
+        loop.call_soon_threadsafe(inbox.put_nowait, (message.topic, bytes(message.payload)))
+
+    cloud = broker.connect("iotdata-demo-bridge")
+    cloud.subscribe(demo.topics.all_telemetry(), arrived)
+    marker_topic = f"{demo.topics.prefix}/_bridge/marker"
+    cloud.subscribe(marker_topic, arrived)
+    router = Router(topics=demo.topics, kafka=kafka_topics)
+    counts = demo.counts
+    markers: dict[bytes, asyncio.Future[None]] = {}
+    sent: list[asyncio.Future[Any]] = []
+
+    async def bridge() -> None:
+        while (item := await inbox.get()) is not None:
+            topic, payload = item
+            if topic == marker_topic:
+                markers.pop(payload).set_result(None)
+                continue
+            route = router.route(topic, payload)
+            if route.kind != "telemetry":
+                counts.dead += 1  # the gateway would dead-letter it; nothing is
+                continue
+            key = route.key or b""
+            sent.append(await producer.send(route.topic, key, payload, headers=route.headers))
+            counts.frames += 1
+            counts.wire_bytes += len(payload)
+
+    task = asyncio.create_task(bridge())
+
+    async def stop_bridge() -> None:
+        inbox.put_nowait(None)
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(stop_bridge)
+
+    async def delivered() -> int:
+        # the devices are done and everything they published is in the broker's queue; a
+        # marker sent behind it comes out after the last frame
+        token = uuid.uuid4().hex.encode()
+        markers[token] = loop.create_future()
+        cloud.publish(marker_topic, token)
+        await asyncio.wait({markers[token], task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+            raise RuntimeError("the demo's bridge stopped early")
+        await producer.flush(60)
+        await asyncio.gather(*sent)
+        return counts.frames
+
+    return _Transport(source, broker, delivered)
+
+
+async def _gateway(demo: _Demo, stack: contextlib.AsyncExitStack) -> _Transport:
+    """Devices on the real broker; the gateway forwards into Kafka."""
+    from iotdata.gateway import Gateway, GatewaySettings  # noqa: PLC0415
+    from iotdata.kafka import ProducerSettings, TopicSpec, ensure_topics  # noqa: PLC0415
+    from iotdata.mqtt import MqttSettings  # noqa: PLC0415
+    from iotdata.stream import KafkaSource  # noqa: PLC0415
+
+    options = demo.options
+    assert options.mqtt is not None and options.kafka is not None
+    kafka_topics = KafkaTopics.with_prefix(demo.topics.prefix)
+    names = (kafka_topics.telemetry, kafka_topics.devices, kafka_topics.dead_letters)
+    await ensure_topics(
+        options.kafka, *(TopicSpec(name=name, partitions=PARTITIONS) for name in names)
+    )
+    settings = GatewaySettings(
+        mqtt=MqttSettings.from_url(options.mqtt),
+        kafka=ProducerSettings(bootstrap=options.kafka),
+        topics=demo.topics,
+        kafka_topics=kafka_topics,
+        group=demo.topics.prefix,
+    )
+    gateway = await Gateway.start(settings)
+    stack.push_async_callback(gateway.close)
+    await asyncio.to_thread(gateway.wait_ready, 60)
+    source = KafkaSource(kafka_topics.telemetry, bootstrap=options.kafka, group=demo.topics.prefix)
+    counts = demo.counts
+
+    async def delivered() -> int:
+        # the devices flushed: the gateway acknowledged (and so forwarded) every frame
+        stats = gateway.statistics()
+        counts.frames = stats.forwarded
+        counts.dead = stats.dead_lettered
+        return stats.forwarded
+
+    return _Transport(source, options.mqtt, delivered)
