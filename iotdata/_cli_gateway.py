@@ -10,7 +10,16 @@ import signal
 import sys
 from typing import Any
 
-from iotdata._cliargs import mqtt_url, positive_float, positive_int, topics
+from iotdata._cliargs import (
+    add_kafka_security,
+    add_mqtt_tls,
+    kafka_security,
+    mqtt_url,
+    mqtt_with_tls,
+    positive_float,
+    positive_int,
+    topics,
+)
 from iotdata.errors import InvalidInputError
 
 __all__ = ["add_gateway"]
@@ -81,12 +90,20 @@ def add_gateway(commands: Any) -> None:
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on PORT"
     )
     parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address the metrics are served on (default 127.0.0.1; 0.0.0.0 for all)",
+    )
+    parser.add_argument(
         "--stats-every",
         type=positive_float,
         default=10.0,
         metavar="SECONDS",
         help="print a statistics line to stderr this often (default 10)",
     )
+    add_mqtt_tls(parser)
+    add_kafka_security(parser)
     parser.set_defaults(run=_run)
 
 
@@ -102,19 +119,25 @@ async def _serve(args: argparse.Namespace) -> int:
     mqtt_topics = args.prefix or Topics()
     try:
         kafka_topics = KafkaTopics.with_prefix(args.kafka_prefix or mqtt_topics.prefix)
+        security = kafka_security(args)
+        mqtt = mqtt_with_tls(args.mqtt, args)
         if args.create_topics:
             names = (kafka_topics.telemetry, kafka_topics.devices, kafka_topics.dead_letters)
             specs = [TopicSpec(name=name, partitions=args.partitions) for name in names]
-            await ensure_topics(args.kafka, *specs)
+            await ensure_topics(args.kafka, *specs, security=security)
+        producer = ProducerSettings(
+            bootstrap=args.kafka, client_id=args.client_id or args.group, security=security
+        )
         settings = GatewaySettings(
-            mqtt=args.mqtt,
-            kafka=ProducerSettings(bootstrap=args.kafka, client_id=args.client_id or args.group),
+            mqtt=mqtt,
+            kafka=producer,
             topics=mqtt_topics,
             kafka_topics=kafka_topics,
             group=args.group,
             client_id=args.client_id,
             max_in_flight=args.max_in_flight,
             metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     except InvalidInputError as exc:
         print(f"iotdata gateway: error: {exc}", file=sys.stderr)

@@ -13,7 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from iotdata._cliargs import mqtt_url, positive_float, positive_int
+from iotdata._cliargs import (
+    add_kafka_security,
+    add_mqtt_tls,
+    kafka_security,
+    mqtt_url,
+    mqtt_with_tls,
+    positive_float,
+    positive_int,
+)
+from iotdata.kafka._security import KafkaSecurity
 
 __all__ = ["add_inspect"]
 
@@ -47,6 +56,8 @@ def add_inspect(commands: Any) -> None:
         "--seconds", type=positive_float, default=10.0, help="how long to listen on MQTT (10)"
     )
     inspect.add_argument("--json", action="store_true", help="one JSON object per reading instead")
+    add_mqtt_tls(inspect)
+    add_kafka_security(inspect)
     inspect.set_defaults(run=_run)
 
 
@@ -64,9 +75,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.log:
         frames = _log(args.log, args.topic)
     elif args.kafka:
-        frames = asyncio.run(_kafka(args.kafka, args.topic, args.max))
+        frames = asyncio.run(_kafka(args.kafka, args.topic, args.max, kafka_security(args)))
     else:
-        frames = _mqtt(args.mqtt, args.topic, args.max, args.seconds)
+        frames = _mqtt(mqtt_with_tls(args.mqtt, args), args.topic, args.max, args.seconds)
     for count, (where, frame) in enumerate(frames, 1):
         printer.show(where, frame)
         if args.max is not None and count >= args.max:
@@ -164,19 +175,23 @@ def _log(folder: Path, topic: str) -> Iterator[tuple[str, bytes]]:
                 offset = records[-1].offset + 1
 
 
-async def _kafka(bootstrap: str, topic: str, most: int | None) -> list[tuple[str, bytes]]:
+async def _kafka(
+    bootstrap: str, topic: str, most: int | None, security: KafkaSecurity
+) -> list[tuple[str, bytes]]:
     """From the beginning of every partition to the end it had when we looked."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
-    from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     from iotdata.errors import ConnectError, InvalidInputError  # noqa: PLC0415
+    from iotdata.kafka._connect import start_client  # noqa: PLC0415
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_options()
+    )
     out: list[tuple[str, bytes]] = []
     try:
-        await asyncio.wait_for(consumer.start(), 30)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        raise ConnectError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+        await asyncio.wait_for(start_client(consumer, bootstrap), 30)
+    except TimeoutError:
+        raise ConnectError(f"cannot reach Kafka at {bootstrap}: no answer in 30 s") from None
     try:
         if topic not in await consumer.topics():
             raise InvalidInputError(f"no topic {topic!r} in the Kafka cluster at {bootstrap}")

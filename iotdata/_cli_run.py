@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from iotdata._cliargs import positive_float, positive_int
+from iotdata._cliargs import add_kafka_security, kafka_security, positive_float, positive_int
 
 __all__ = ["add_run"]
 
@@ -60,6 +60,7 @@ def add_run(commands: Any) -> None:
         action="store_true",
         help="close every open window before stopping (the end of a bounded input)",
     )
+    add_kafka_security(run)
     run.set_defaults(run=_run)
 
 
@@ -113,7 +114,8 @@ def _source(args: argparse.Namespace, namespace: dict[str, Any]) -> Any:
     if args.kafka:
         from iotdata.stream import KafkaSource  # noqa: PLC0415
 
-        return KafkaSource(args.topic, bootstrap=args.kafka, group=args.group)
+        security = kafka_security(args)
+        return KafkaSource(args.topic, bootstrap=args.kafka, group=args.group, security=security)
     from iotdata.local import LocalLog  # noqa: PLC0415
     from iotdata.stream import LocalSource  # noqa: PLC0415
 

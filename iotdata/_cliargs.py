@@ -5,10 +5,24 @@ from __future__ import annotations
 import argparse
 import math
 
+import attrs
+
+from iotdata._tls import TlsSettings
 from iotdata.errors import InvalidInputError
+from iotdata.kafka._security import SASL_MECHANISMS, KafkaSecurity
 from iotdata.mqtt import MqttSettings, Topics
 
-__all__ = ["mqtt_url", "positive_float", "positive_int", "probability", "topics"]
+__all__ = [
+    "add_kafka_security",
+    "add_mqtt_tls",
+    "kafka_security",
+    "mqtt_url",
+    "mqtt_with_tls",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "topics",
+]
 
 
 def positive_int(text: str) -> int:
@@ -49,3 +63,59 @@ def topics(text: str) -> Topics:
         return Topics(text)
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_kafka_security(parser: argparse.ArgumentParser) -> None:
+    """The ``--kafka-tls/-ca/-cert/-key/-sasl/-user`` options (read by :func:`kafka_security`)."""
+    group = parser.add_argument_group(
+        "Kafka security",
+        "TLS, mutual TLS and SASL logins to Kafka. The SASL password is read from the\n"
+        "environment variable IOTDATA_KAFKA_PASSWORD, never from the command line.",
+    )
+    group.add_argument(
+        "--kafka-tls", action="store_true", help="TLS to Kafka, trusting the system's CAs"
+    )
+    group.add_argument("--kafka-ca", metavar="FILE", help="TLS, trusting this CA bundle (PEM)")
+    group.add_argument(
+        "--kafka-cert", metavar="FILE", help="mutual TLS: the client certificate (PEM)"
+    )
+    group.add_argument("--kafka-key", metavar="FILE", help="mutual TLS: its private key (PEM)")
+    group.add_argument(
+        "--kafka-sasl",
+        choices=SASL_MECHANISMS,
+        metavar="MECHANISM",
+        help=f"log in with SASL: {', '.join(SASL_MECHANISMS)} (needs --kafka-user)",
+    )
+    group.add_argument("--kafka-user", metavar="NAME", help="the SASL username")
+
+
+def kafka_security(args: argparse.Namespace) -> KafkaSecurity:
+    """What :func:`add_kafka_security`'s options ask for (InvalidInputError when they clash)."""
+    files = (args.kafka_ca, args.kafka_cert, args.kafka_key)
+    tls = None
+    if args.kafka_tls or any(files):
+        tls = TlsSettings(ca_file=files[0], cert_file=files[1], key_file=files[2])
+    return KafkaSecurity.from_env(tls=tls, sasl_mechanism=args.kafka_sasl, username=args.kafka_user)
+
+
+def add_mqtt_tls(parser: argparse.ArgumentParser) -> None:
+    """``--mqtt-ca/-cert/-key`` (read by :func:`mqtt_with_tls`)."""
+    group = parser.add_argument_group(
+        "MQTT TLS",
+        "An mqtts:// URL turns TLS on with the system's CAs; these name your own CA, or a\n"
+        "client certificate for mutual TLS (they need an mqtts:// URL).",
+    )
+    group.add_argument("--mqtt-ca", metavar="FILE", help="trust this CA bundle (PEM)")
+    group.add_argument("--mqtt-cert", metavar="FILE", help="mutual TLS: the client certificate")
+    group.add_argument("--mqtt-key", metavar="FILE", help="mutual TLS: its private key (PEM)")
+
+
+def mqtt_with_tls(settings: MqttSettings, args: argparse.Namespace) -> MqttSettings:
+    """``settings`` with the TLS files of :func:`add_mqtt_tls`'s options, when any is given."""
+    files = (args.mqtt_ca, args.mqtt_cert, args.mqtt_key)
+    if not any(files):
+        return settings
+    if settings.tls is None:
+        raise InvalidInputError("--mqtt-ca, --mqtt-cert and --mqtt-key need an mqtts:// URL")
+    tls = TlsSettings(ca_file=files[0], cert_file=files[1], key_file=files[2])
+    return attrs.evolve(settings, tls=tls)

@@ -269,6 +269,46 @@ kafka_wait() {
 	done
 }
 
+# kafka_tls DIR: a test CA, a certificate for 127.0.0.1 signed by it (with its key, the broker's
+# PEM keystore) and a client certificate for mutual TLS; made once, kept across restarts.
+kafka_tls() {
+	local tls=$1 name
+	[[ -s $tls/server-keystore.pem && -s $tls/client.pem ]] && return 0
+	command -v openssl >/dev/null || apt_install openssl
+	mkdir -p "$tls"
+	(
+		cd "$tls"
+		key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+		key ca.key
+		openssl req -x509 -new -key ca.key -out ca.pem -days 3650 -subj "/CN=iotdata test CA"
+		for name in server client; do
+			key $name.key
+			openssl req -new -key $name.key -out $name.csr -subj "/CN=iotdata-test-$name"
+		done
+		printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+		printf 'extendedKeyUsage=clientAuth\n' >client.ext
+		for name in server client; do
+			openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+				-days 3650 -extfile $name.ext -out $name.pem
+		done
+		cat server.key server.pem >server-keystore.pem
+		rm -f ./*.csr ./*.ext ca.srl
+	) >>"$LOGS/kafka.out" 2>&1 || fail_with_logs "kafka: could not make the TLS certificates" "$LOGS/kafka.out"
+}
+
+# kafka_scram: the SCRAM login of the SASL listener (kept in the cluster's metadata: once).
+kafka_scram() {
+	local marker="$STATE/kafka/data/.iotdata-scram-user" mechanism
+	[[ -f $marker ]] && return 0
+	for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do # one per request
+		kafka_tool kafka.admin.ConfigCommand --bootstrap-server 127.0.0.1:9092 --alter \
+			--add-config "$mechanism=[password=iotdata-test]" \
+			--entity-type users --entity-name iotdata-scram >>"$LOGS/kafka.out" 2>&1 ||
+			fail_with_logs "kafka: could not add the SCRAM user" "$LOGS/kafka.out"
+	done
+	touch "$marker"
+}
+
 kafka_start() {
 	if [[ -n ${IOTDATA_KAFKA_BOOTSTRAP:-} ]]; then
 		check_external kafka "$KAFKA_BOOTSTRAP" 9092 IOTDATA_KAFKA_BOOTSTRAP
@@ -290,9 +330,14 @@ kafka_start() {
 		foreign kafka 127.0.0.1:9092
 		return
 	fi
-	tcp_open 127.0.0.1 9093 && die "kafka: 127.0.0.1:9093 (the controller port) is taken"
+	local port
+	for port in 9093 9094 9095; do
+		tcp_open 127.0.0.1 $port && die "kafka: 127.0.0.1:$port (a listener of the broker) is taken"
+	done
 
-	render "$CONF/kafka/server.properties" "$dir/server.properties" "DATA_DIR=$dir/data"
+	kafka_tls "$dir/tls"
+	render "$CONF/kafka/server.properties" "$dir/server.properties" "DATA_DIR=$dir/data" \
+		"TLS_DIR=$dir/tls"
 
 	# Format the storage once; later starts reuse it (topics and offsets survive restarts).
 	if [[ ! -f $dir/data/meta.properties ]]; then
@@ -317,6 +362,7 @@ kafka_start() {
 		</dev/null >>"$LOGS/kafka.out" 2>&1 9>&- &
 	wait_until 10 test -s "$KAFKA_PIDFILE" || die "kafka: the broker did not write its pid file"
 	kafka_wait "$(<"$KAFKA_PIDFILE")"
+	kafka_scram
 }
 
 kafka_stop() {

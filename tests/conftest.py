@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+import attrs
 import pytest
 
+from iotdata.mqtt import TlsSettings
 from tests._brokers import PrivateBroker
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +78,46 @@ def kafka_bootstrap() -> str:
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     require_tcp("Kafka", bootstrap, host.strip("[]") or "127.0.0.1", int(port or 9092))
     return bootstrap
+
+
+@attrs.frozen
+class SecuredKafka:
+    """The listeners of the test Kafka that want TLS (scripts/services.sh makes the CA)."""
+
+    #: TLS and a SASL login: PLAIN as ``plain_user``, SCRAM-SHA-256/512 as ``scram_user``.
+    sasl: str
+    #: TLS with a client certificate (mutual TLS).
+    mutual: str
+    tls_dir: Path
+    plain_user: str = "iotdata"
+    scram_user: str = "iotdata-scram"
+    password: str = "iotdata-test"
+
+    def tls(self, *, client_certificate: bool = False) -> TlsSettings:
+        folder = self.tls_dir
+        if not client_certificate:
+            return TlsSettings(ca_file=str(folder / "ca.pem"))
+        return TlsSettings(
+            ca_file=str(folder / "ca.pem"),
+            cert_file=str(folder / "client.pem"),
+            key_file=str(folder / "client.key"),
+        )
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(kafka_bootstrap: str) -> SecuredKafka:
+    """The TLS+SASL (127.0.0.1:9094) and mutual TLS (127.0.0.1:9095) listeners of the Kafka
+    that scripts/services.sh runs, with the folder of its test CA and client certificate."""
+    if os.environ.get("IOTDATA_KAFKA_BOOTSTRAP"):
+        unavailable("the TLS and SASL listeners are those of the Kafka scripts/services.sh runs")
+    state = Path(os.environ.get("IOTDATA_SERVICES_DIR") or REPO_ROOT / ".services")
+    tls_dir = state / "kafka" / "tls"
+    if not (tls_dir / "ca.pem").is_file():
+        unavailable(f"no test CA in {tls_dir}; {START_HINT}")
+    secured = SecuredKafka(sasl="127.0.0.1:9094", mutual="127.0.0.1:9095", tls_dir=tls_dir)
+    for address in (secured.sasl, secured.mutual):
+        require_tcp("Kafka (TLS listener)", address, "127.0.0.1", int(address.rsplit(":")[1]))
+    return secured
 
 
 @pytest.fixture(scope="session")

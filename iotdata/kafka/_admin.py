@@ -14,6 +14,7 @@ import attrs
 
 from iotdata.errors import DeliveryError, InvalidInputError
 from iotdata.kafka._connect import start_client
+from iotdata.kafka._security import KafkaSecurity
 
 __all__ = ["TopicSpec", "ensure_topics"]
 
@@ -57,9 +58,14 @@ class TopicSpec:
         return out
 
 
-async def ensure_topics(bootstrap: str, *specs: TopicSpec, timeout: float = 30.0) -> dict[str, int]:
+async def ensure_topics(
+    bootstrap: str,
+    *specs: TopicSpec,
+    timeout: float = 30.0,
+    security: KafkaSecurity | None = None,
+) -> dict[str, int]:
     """Create the topics that are missing and set the configuration of all; return each
-    topic's partition count.
+    topic's partition count. ``security``: how to connect (TLS, SASL), as the producer does.
 
     Raises :class:`~iotdata.errors.InvalidInputError` when an existing topic has another
     partition count than asked, :class:`~iotdata.errors.ConnectError` when Kafka cannot be
@@ -68,7 +74,11 @@ async def ensure_topics(bootstrap: str, *specs: TopicSpec, timeout: float = 30.0
     from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=int(timeout * 1000),
+        **(security or KafkaSecurity()).client_options(),
+    )
     await start_client(admin, bootstrap)
     try:
         return await _ensure(admin, specs, timeout)

@@ -38,6 +38,7 @@ from iotdata.errors import (
 )
 from iotdata.kafka._connect import start_client
 from iotdata.kafka._partitioner import Partitioner
+from iotdata.kafka._security import KafkaSecurity
 
 __all__ = ["Delivered", "PartitionedProducer", "ProducerSettings", "ProducerStats"]
 
@@ -80,6 +81,8 @@ class ProducerSettings:
     delivery_timeout: float = attrs.field(default=120.0, validator=_positive)
     #: Seconds one request may take before aiokafka retries it.
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: TLS, mutual TLS or a SASL login (default: none).
+    security: KafkaSecurity = attrs.Factory(KafkaSecurity)
 
     def __attrs_post_init__(self) -> None:
         if self.compression not in _COMPRESSIONS:
@@ -101,6 +104,7 @@ class ProducerSettings:
             "max_batch_size": self.batch_bytes,
             "max_request_size": self.max_request_bytes,
             "request_timeout_ms": int(self.request_timeout * 1000),
+            **self.security.client_options(),
         }
 
 

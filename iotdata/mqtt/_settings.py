@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-import os.path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
+from iotdata._tls import TlsSettings
 from iotdata.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    import ssl
 
 __all__ = ["MqttSettings", "TlsSettings"]
 
 _SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
 _PROTOCOLS = {"5": 5, "5.0": 5, "3.1.1": 4, "311": 4, "4": 4}
-
-
-def _optional_file(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not os.path.isfile(value):
-        raise InvalidInputError(f"{attribute.name}: no such file {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class TlsSettings:
-    """TLS for the broker connection; with ``cert_file`` and ``key_file``, mutual TLS.
-
-    ``ca_file`` is the CA bundle that signed the broker's certificate (the system's trust store
-    when None). The broker's host name is checked against its certificate.
-    """
-
-    ca_file: str | None = attrs.field(default=None, validator=_optional_file)
-    cert_file: str | None = attrs.field(default=None, validator=_optional_file)
-    key_file: str | None = attrs.field(default=None, validator=_optional_file)
-    key_password: str | None = attrs.field(default=None, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise InvalidInputError("mutual TLS needs both cert_file and key_file")
-
-    def context(self) -> ssl.SSLContext:
-        """A client context: TLS 1.2 or newer, certificate and host name verified."""
-        import ssl  # noqa: PLC0415 (loaded with the first TLS connection, not at import)
-
-        try:
-            context = ssl.create_default_context(cafile=self.ca_file)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if self.cert_file is not None:
-                context.load_cert_chain(self.cert_file, self.key_file, self.key_password)
-        except (ssl.SSLError, OSError) as exc:
-            raise InvalidInputError(f"cannot load TLS files: {exc}") from exc
-        return context
 
 
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:

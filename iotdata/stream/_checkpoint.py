@@ -24,6 +24,8 @@ import msgpack
 import zstandard
 
 from iotdata.errors import DecodeError, InvalidInputError
+from iotdata.kafka._connect import start_client
+from iotdata.kafka._security import KafkaSecurity
 from iotdata.stream._errors import CheckpointTooLargeError
 
 __all__ = [
@@ -166,6 +168,8 @@ class KafkaCheckpoints:
 
     bootstrap: str
     topic: str
+    #: TLS, mutual TLS or a SASL login (default: none).
+    security: KafkaSecurity = attrs.field(factory=KafkaSecurity, kw_only=True)
     _producer: Any = None
 
     def spec(self, partitions: int = 1) -> Any:
@@ -185,8 +189,9 @@ class KafkaCheckpoints:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=MAX_KAFKA_CHECKPOINT + 1024,
             fetch_max_bytes=4 * MAX_KAFKA_CHECKPOINT,
+            **self.security.client_options(),
         )
-        await consumer.start()
+        await start_client(consumer, self.bootstrap)
         latest: dict[str, Checkpoint] = {}
         try:
             assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
@@ -222,6 +227,7 @@ class KafkaCheckpoints:
                 client_id="iotdata-checkpoints",
                 batch_bytes=MAX_KAFKA_CHECKPOINT + 1024,
                 max_request_bytes=MAX_KAFKA_CHECKPOINT + 1024,
+                security=self.security,
             )
             self._producer = await PartitionedProducer.start(settings)
         futures = []

@@ -30,6 +30,7 @@ import attrs
 from iotdata._aio import wait_done
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.kafka._connect import start_client
+from iotdata.kafka._security import KafkaSecurity
 from iotdata.model import Batch
 from iotdata.stream._checkpoint import (
     CheckpointStore,
@@ -114,6 +115,8 @@ class KafkaSource(_ConsumerSource):
     session_timeout: float = attrs.field(default=10.0, kw_only=True)
     #: Longest pause between two polls before the member is considered stuck.
     max_poll_interval: float = attrs.field(default=300.0, kw_only=True)
+    #: TLS, mutual TLS or a SASL login (default: none); the checkpoint topic uses it too.
+    security: KafkaSecurity = attrs.field(factory=KafkaSecurity, kw_only=True)
 
     def _partition(self, partition: int) -> Any:
         from aiokafka import TopicPartition  # noqa: PLC0415
@@ -132,6 +135,7 @@ class KafkaSource(_ConsumerSource):
             session_timeout_ms=int(self.session_timeout * 1000),
             heartbeat_interval_ms=int(self.session_timeout * 1000 / 3),
             max_poll_interval_ms=int(self.max_poll_interval * 1000),
+            **self.security.client_options(),
         )
         await start_client(consumer, self.bootstrap)
         consumer.subscribe([self.topic], listener=_rebalance(listener))
@@ -140,8 +144,10 @@ class KafkaSource(_ConsumerSource):
     async def default_checkpoints(self) -> CheckpointStore:
         from iotdata.kafka import ensure_topics  # noqa: PLC0415
 
-        store = KafkaCheckpoints(self.bootstrap, f"{self.group}.checkpoints")
-        await ensure_topics(self.bootstrap, store.spec())
+        store = KafkaCheckpoints(
+            self.bootstrap, f"{self.group}.checkpoints", security=self.security
+        )
+        await ensure_topics(self.bootstrap, store.spec(), security=self.security)
         return store
 
 

@@ -14,8 +14,11 @@ import pytest
 import tenacity
 
 import iotdata
+from iotdata import codec
+from iotdata.model import Batch
 from iotdata.mqtt import MqttConnection, MqttSettings, TlsSettings, Will
 from tests._brokers import PrivateBroker, make_certificates, tls_config
+from tests._helpers import run_cli
 
 pytestmark = pytest.mark.mqtt
 FAST = tenacity.wait_fixed(0.1)
@@ -250,3 +253,36 @@ def test_a_resumed_session_delivers_what_was_queued_while_away(
         cloud.wait_connected(10)
         received = inbox.wait_for(20)
     assert sorted(int(p) for _, p in received) == list(range(20))
+
+
+def test_inspect_listens_over_mutual_tls_with_the_files_it_is_given(
+    tls_broker: tuple[PrivateBroker, Path], unique_name: str
+) -> None:
+    """``--mqtt-ca/--mqtt-cert/--mqtt-key`` reach the connection: with them ``iotdata inspect``
+    connects and receives a frame; without the client certificate the broker refuses it."""
+    broker, pki = tls_broker
+    frame = codec.encode(Batch.from_columns("dev-1", {"t": ([1_000_000], [1.5], [0])}))
+    ca = ["--mqtt-ca", str(pki / "ca.pem")]
+    mine = ["--mqtt-cert", str(pki / "client.pem"), "--mqtt-key", str(pki / "client.key")]
+    listen = ["inspect", "--mqtt", broker.url, "--topic", f"{unique_name}/#", "--max", "1"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "iotdata.cli", *listen, "--seconds", "60", *ca, *mine],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as inspect:
+        with MqttConnection.start(tls_settings(broker, pki), unique_name, backoff=FAST) as device:
+            device.wait_connected(10)
+            deadline = time.monotonic() + 60
+            while inspect.poll() is None and time.monotonic() < deadline:
+                device.publish(f"{unique_name}/dev-1/telemetry", frame, qos=1).wait(10)
+                time.sleep(0.5)
+        out, err = inspect.communicate(timeout=30)
+    assert inspect.returncode == 0, err
+    assert out.splitlines()[-1] == "1 frames, 1 readings, 0 bad"
+    refused = run_cli(*listen, "--seconds", "1", *ca)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    plain = run_cli("inspect", "--mqtt", "mqtt://127.0.0.1:1883", "--topic", "x", *ca)
+    assert plain.returncode == 1
+    assert "need an mqtts:// URL" in plain.stderr
