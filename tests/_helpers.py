@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import tenacity
@@ -105,12 +107,26 @@ class Collector:
         self.connection.close()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m iotdata.cli ARGS`` as a user would, in a subprocess."""
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m iotdata.cli ARGS`` as a user would, in a subprocess (``env``: its whole
+    environment, the current one by default)."""
     return subprocess.run(
         [sys.executable, "-m", "iotdata.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env=env,
     )
+
+
+def without_extras(folder: Path, *modules: str) -> dict[str, str]:
+    """An environment in which importing each of ``modules`` fails as if it were not installed
+    (a package of that name that raises ImportError, first on PYTHONPATH)."""
+    for name in modules:
+        package = folder / name
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(f'raise ImportError("No module named {name}")\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    return env

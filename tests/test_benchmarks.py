@@ -119,3 +119,36 @@ def test_stream_benchmark_quick_run_writes_json(tmp_path: Path, kafka_bootstrap:
         values["stream_kafka", "iotdata", "latency_p50_s"]
         <= values["stream_kafka", "iotdata", "latency_p99_s"]
     )
+
+
+def test_the_plot_script_draws_the_ratios_and_the_rates(tmp_path: Path) -> None:
+    """An average row stands for its metric's per-case ratios; cases with one impl get no
+    rate chart; each bar is labelled with its value."""
+    rows = [
+        {"case": "a@10", "impl": "ratio", "metric": "json_over_iotdata_bytes", "value": 20.0},
+        {"case": "b@10", "impl": "ratio", "metric": "json_over_iotdata_bytes", "value": 40.0},
+        {"case": "average@10", "impl": "ratio", "metric": "json_over_iotdata_bytes", "value": 30},
+        {"case": "x_vs_y", "impl": "ratio", "metric": "rows_per_s", "value": 0.79},
+        {"case": "x_vs_y", "impl": "iotdata", "metric": "rows_per_s", "value": 290_000.0},
+        {"case": "x_vs_y", "impl": "copy", "metric": "rows_per_s", "value": 369_000.0},
+        {"case": "alone", "impl": "iotdata", "metric": "rows_per_s", "value": 5.0},
+    ]
+    data = tmp_path / "demo.json"
+    data.write_text(json.dumps(rows))
+    result = subprocess.run(
+        [sys.executable, "scripts/plot_benchmarks.py", str(data), "--out", str(tmp_path / "svg")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    ratios = (tmp_path / "svg" / "ratios.svg").read_text()
+    assert ratios.count("<rect x=") == 2  # the average and x_vs_y, not a@10 and b@10
+    assert "30x</text>" in ratios
+    assert "0.79x</text>" in ratios
+    rates = (tmp_path / "svg" / "demo.svg").read_text()
+    assert rates.count("<rect x=") == 2  # x_vs_y's two impls; "alone" has no baseline
+    assert "290k/s" in rates
+    assert "369k/s" in rates

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._helpers import run_cli
+from tests._helpers import run_cli, without_extras
 
 SMALL = ("--devices", "12", "--minutes", "40", "--anomaly-rate", "0.01")
 
@@ -251,3 +251,32 @@ def test_run_a_pipeline_from_a_users_file(tmp_path: Path) -> None:
     broken = run_cli("run", str(app), *options)
     assert (broken.returncode, "RuntimeError: boom" in broken.stderr) == (1, True)
     assert run_cli("run", str(tmp_path / "none.py")).returncode == 2
+
+
+def test_a_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
+    """Each command path that needs an optional extra says which one, without a traceback."""
+    env = without_extras(tmp_path / "hidden", "psycopg", "pyarrow")
+    out = str(tmp_path / "demo")
+    dsn = "postgresql://iotdata:iotdata@127.0.0.1:5432/iotdata_test"
+    postgres = run_cli("demo", "--out", out, *SMALL, "--postgres", dsn, env=env)
+    assert postgres.returncode == 1
+    assert "pip install 'iotdata[postgres]'" in postgres.stderr
+    assert "Traceback" not in postgres.stderr
+    embedded = run_cli("demo", "--out", out, *SMALL, env=env)  # Parquet is optional there
+    assert embedded.returncode == 0, embedded.stderr
+    assert "Parquet skipped: pip install 'iotdata[parquet]'" in embedded.stdout
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from iotdata.sinks import ParquetSink\n"
+        "from iotdata.stream import Pipeline\n"
+        f"pipeline = Pipeline().to(ParquetSink(root={str(tmp_path / 'lake')!r}))\n"
+    )
+    from iotdata.local import LocalLog  # noqa: PLC0415
+
+    with LocalLog.open(tmp_path / "log") as log:
+        log.create_topic("telemetry", 1)
+    options = ["--log", str(tmp_path / "log"), "--topic", "telemetry", "--group", "g"]
+    parquet = run_cli("run", str(app), *options, "--records", "1", env=env)
+    assert parquet.returncode == 1
+    assert "pip install 'iotdata[parquet]'" in parquet.stderr
+    assert "Traceback" not in parquet.stderr

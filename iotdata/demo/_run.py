@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import importlib
 import json
 import shutil
 import threading
@@ -391,7 +391,12 @@ def _json_size(device_id: str, ts: int, value: float) -> int:
 
 
 def _have_pyarrow() -> bool:
-    return importlib.util.find_spec("pyarrow") is not None
+    """Whether the [parquet] extra is there and loads (a broken install counts as missing)."""
+    try:
+        importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        return False
+    return True
 
 
 def _prepare(out: Path) -> Path:
