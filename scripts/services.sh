@@ -7,7 +7,8 @@
 #
 # `up`/`start` install what is missing and start what is not running; both are safe to repeat.
 # State (data, pid files) lives in $IOTDATA_SERVICES_DIR (default <repo>/.services), every log in
-# its logs/ folder, and the Kafka jars Maven fetched in $IOTDATA_CACHE (default ~/.cache/iotdata).
+# its logs/ folder, and the Kafka jars Maven fetched and the test CA of its TLS listeners in
+# $IOTDATA_CACHE (default ~/.cache/iotdata).
 # A service named by IOTDATA_MQTT_URL, IOTDATA_KAFKA_BOOTSTRAP or IOTDATA_POSTGRES_DSN is never
 # started or stopped here: it is only checked to be reachable.
 set -euo pipefail
@@ -32,6 +33,9 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$CONF
 KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
 KAFKA_PIDFILE="$STATE/kafka/kafka.pid"
 KAFKA_LOG="$LOGS/kafka.log"
+# The test CA and certificates of Kafka's TLS listeners: one set per machine (in the cache, not
+# in $STATE), so that tests of any checkout find those of a broker another checkout started.
+KAFKA_TLS=${IOTDATA_KAFKA_TLS_DIR:-$CACHE/kafka-tls}
 
 PG_VERSION=15
 PG_CLUSTER=main
@@ -335,9 +339,9 @@ kafka_start() {
 		tcp_open 127.0.0.1 $port && die "kafka: 127.0.0.1:$port (a listener of the broker) is taken"
 	done
 
-	kafka_tls "$dir/tls"
+	kafka_tls "$KAFKA_TLS"
 	render "$CONF/kafka/server.properties" "$dir/server.properties" "DATA_DIR=$dir/data" \
-		"TLS_DIR=$dir/tls"
+		"TLS_DIR=$KAFKA_TLS"
 
 	# Format the storage once; later starts reuse it (topics and offsets survive restarts).
 	if [[ ! -f $dir/data/meta.properties ]]; then

@@ -110,8 +110,8 @@ def secured_kafka(kafka_bootstrap: str) -> SecuredKafka:
     that scripts/services.sh runs, with the folder of its test CA and client certificate."""
     if os.environ.get("IOTDATA_KAFKA_BOOTSTRAP"):
         unavailable("the TLS and SASL listeners are those of the Kafka scripts/services.sh runs")
-    state = Path(os.environ.get("IOTDATA_SERVICES_DIR") or REPO_ROOT / ".services")
-    tls_dir = state / "kafka" / "tls"
+    cache = Path(os.environ.get("IOTDATA_CACHE") or Path.home() / ".cache" / "iotdata")
+    tls_dir = Path(os.environ.get("IOTDATA_KAFKA_TLS_DIR") or cache / "kafka-tls")
     if not (tls_dir / "ca.pem").is_file():
         unavailable(f"no test CA in {tls_dir}; {START_HINT}")
     secured = SecuredKafka(sasl="127.0.0.1:9094", mutual="127.0.0.1:9095", tls_dir=tls_dir)
