@@ -21,6 +21,10 @@ Cases:
   here; 1,000 is 5x slower).
 * ``stream_from_log``: ``iotdata`` over the embedded log (:class:`~iotdata.local.LocalLog`) of
   codec frames, so decoding is timed too.
+* ``stream_kafka_vs_quix`` (with ``--kafka --quix``): the throughput of ``stream_kafka``
+  against Quix Streams reading the same readings from Kafka, one JSON message a reading (Quix
+  Streams has no batches), ``tumbling_window(10 s, grace).agg(count, mean).final()``; the
+  windows it closed are compared with ours.
 * ``stream_kafka`` (with ``--kafka``): ``iotdata`` with the Kafka source end to end. Throughput:
   the frames are produced to a fresh 8-partition topic first, then a worker consumes them all
   (the clock starts at its first record, after the group join). Latency: for ``--live-seconds``
@@ -35,7 +39,7 @@ implementation, the ``stream_vs_bytewax`` ratio (impl ``ratio``), and for Kafka
 Run from the repository root::
 
     python benchmarks/stream.py                       # 1M readings, 1000 devices, ~1.5 minutes
-    python benchmarks/stream.py --kafka 127.0.0.1:9092
+    python benchmarks/stream.py --kafka 127.0.0.1:9092 --quix
     python benchmarks/stream.py --quick --json /tmp/stream.json
 """
 
@@ -257,7 +261,9 @@ async def produce(bootstrap: str, topic: str, frames: Iterable[tuple[str, bytes]
         await producer.flush(120)
 
 
-async def kafka_throughput(bootstrap: str, batches: list[Batch], grace: int) -> float:
+async def kafka_throughput(
+    bootstrap: str, batches: list[Batch], grace: int
+) -> tuple[float, Windows]:
     from iotdata.kafka import TopicSpec, ensure_topics  # noqa: PLC0415
 
     topic = f"bench-stream-{uuid.uuid4().hex[:8]}"
@@ -277,10 +283,112 @@ async def kafka_throughput(bootstrap: str, batches: list[Batch], grace: int) -> 
         return False
 
     source = KafkaSource(topic, bootstrap=bootstrap, group=topic, client_id="bench-stream")
-    stats = await window_pipeline(Collect(), grace).run(
+    sink = Collect()
+    stats = await window_pipeline(sink, grace).run(
         source, checkpoints=MemoryCheckpoints(), until=done, max_records=1000
     )
-    return stats.readings / max(finished[0] - idle[0], 1e-9)
+    return stats.readings / max(finished[0] - idle[0], 1e-9), sink.windows
+
+
+# --- Quix Streams ------------------------------------------------------------------------
+
+
+def run_quix(bootstrap: str, batches: list[Batch], grace: int) -> tuple[float, Windows]:
+    """Quix Streams on the same readings in Kafka: one JSON message a reading (its natural
+    form: it has no columnar batches), keyed by device, the Kafka timestamp the event time;
+    ``tumbling_window(10 s, grace).agg(count=Count(), mean=Mean("value")).final()``. The
+    messages are produced first (not timed); the clock runs from the first message processed
+    to the last. Returns readings/s and the windows it closed (a window closes when a later
+    reading of its device passes its end plus the grace, so each device's last ones stay open:
+    the windows are compared with ours where both have them)."""
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+    from iotdata.kafka import TopicSpec, ensure_topics  # noqa: PLC0415
+
+    topic = f"bench-quix-{uuid.uuid4().hex[:8]}"
+    # the Kafka timestamps are the readings' (2023): kept, not expired by time retention
+    spec = TopicSpec(name=topic, partitions=PARTITIONS, retention_ms=-1)
+    asyncio.run(ensure_topics(bootstrap, spec))
+    try:
+        return _quix_on(topic, bootstrap, batches, grace)
+    finally:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for done in admin.delete_topics([topic]).values():
+            done.result(30)
+
+
+def _quix_on(topic: str, bootstrap: str, batches: list[Batch], grace: int) -> tuple[float, Windows]:
+    import tempfile  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    # a dependency of Quix Streams warns about its own one, forcing its filter: keep it quiet
+    with warnings.catch_warnings(record=True):
+        from quixstreams import Application  # noqa: PLC0415
+        from quixstreams.dataframe.windows import Count as QuixCount  # noqa: PLC0415
+        from quixstreams.dataframe.windows import Mean as QuixMean  # noqa: PLC0415
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "queue.buffering.max.messages": 10**6}
+    )
+    total = 0
+    for batch in batches:
+        key = batch.device_id.encode()
+        for column in batch.columns:
+            for ts, value in zip(column.ts, column.values, strict=True):
+                body = json.dumps({"value": value}).encode()
+                while True:
+                    try:
+                        producer.produce(topic, body, key, timestamp=ts // 1000)
+                        break
+                    except BufferError:  # its queue is full: let it deliver
+                        producer.poll(0.1)
+            total += len(column.ts)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("Quix Streams' input did not reach Kafka")
+    seen = [0]
+    clock: list[float] = []
+    apps: list[Any] = []
+
+    def processed(topic_: str, partition: int, offset: int) -> None:
+        seen[0] += 1
+        if seen[0] == 1 or seen[0] == total:
+            clock.append(time.perf_counter())
+        if seen[0] >= total:
+            apps[0].stop()
+
+    with tempfile.TemporaryDirectory() as state:
+        app = Application(
+            broker_address=bootstrap,
+            consumer_group=topic,
+            auto_offset_reset="earliest",
+            state_dir=state,
+            loglevel="WARNING",
+            use_changelog_topics=False,
+            on_message_processed=processed,
+        )
+        apps.append(app)
+        closed: list[tuple[bytes, dict[str, Any]]] = []
+        sdf = app.dataframe(app.topic(topic, value_deserializer="json"))
+        sdf = sdf.tumbling_window(
+            timedelta(microseconds=WINDOW), grace_ms=timedelta(microseconds=grace)
+        )
+        sdf = sdf.agg(count=QuixCount(), mean=QuixMean("value")).final()
+        sdf.update(lambda value, key, ts, headers: closed.append((key, value)), metadata=True)
+        app.run()
+    windows = {
+        (key.decode(), value["start"] * 1000): (value["count"], value["mean"])
+        for key, value in closed
+    }
+    return total / max(clock[-1] - clock[0], 1e-9), windows
+
+
+def check_subset(ours: Windows, theirs: Windows, what: str) -> None:
+    """Every window ``theirs`` closed is one of ours, with the same count and mean."""
+    if not theirs:
+        raise RuntimeError(f"{what} closed no window: give it more readings")
+    check_same({key: ours[key] for key in theirs if key in ours}, theirs, what)
 
 
 async def kafka_latency(bootstrap: str, devices: int, hz: int, seconds: float) -> WorkerStats:
@@ -419,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-bytewax", action="store_true", help="iotdata only")
     parser.add_argument("--kafka", help="bootstrap servers: also run the Kafka source case")
+    parser.add_argument(
+        "--quix",
+        action="store_true",
+        help="with --kafka: also Quix Streams over the same readings in Kafka (case "
+        "stream_kafka_vs_quix)",
+    )
     parser.add_argument("--live-seconds", type=float, default=30.0, help="Kafka latency phase")
     parser.add_argument("--live-devices", type=int, default=1000, help="default 1000")
     parser.add_argument("--quick", action="store_true", help="50k readings, 100 devices, 1 run")
@@ -431,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     rates_hz = [int(hz) for hz in str(args.hz).split(",")]
     if not rates_hz or any(hz < 1 or SECOND % hz for hz in rates_hz):
         parser.error("--hz takes rates that divide a second, such as 10,1")
-    steps = len(rates_hz) * args.repeats * (3 - args.no_bytewax) + (2 if args.kafka else 0)
+    if args.quix and not args.kafka:
+        parser.error("--quix needs --kafka: Quix Streams reads from Kafka")
+    steps = len(rates_hz) * args.repeats * (3 - args.no_bytewax)
+    steps += (2 if args.kafka else 0) + (1 if args.quix else 0)
     progress = _common.Progress(steps)
     rows: list[dict[str, Any]] = []
     for number, hz in enumerate(rates_hz):
@@ -442,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         hz = rates_hz[0]
         batches = make_batches(args.readings, args.devices, args.batch, hz)
         progress.step("iotdata, Kafka source", "throughput")
-        rate = asyncio.run(kafka_throughput(args.kafka, batches, grace_for(args.batch, hz)))
+        grace = grace_for(args.batch, hz)
+        rate, kafka_windows = asyncio.run(kafka_throughput(args.kafka, batches, grace))
         rows.append(row("stream_kafka", "iotdata", "readings_per_s", rate))
         progress.step("iotdata, Kafka source", "live latency")
         latency = asyncio.run(kafka_latency(args.kafka, args.live_devices, 10, args.live_seconds))
@@ -455,6 +573,20 @@ def main(argv: list[str] | None = None) -> int:
             f"  Kafka record timestamp -> window emitted: p50 {latency.latency_p50:.3f} s, "
             f"p99 {latency.latency_p99:.3f} s ({args.live_devices} devices at 10 Hz, live)"
         )
+        if args.quix:
+            progress.step("Quix Streams, Kafka source", "throughput")
+            quix_rate, quix_windows = run_quix(args.kafka, batches, grace)
+            check_subset(kafka_windows, quix_windows, "Quix Streams")
+            ratio = rate / quix_rate
+            rows += [
+                row("stream_kafka_vs_quix", "iotdata", "readings_per_s", rate),
+                row("stream_kafka_vs_quix", "quixstreams", "readings_per_s", quix_rate),
+                row("stream_kafka_vs_quix", "ratio", "readings_per_s", ratio),
+            ]
+            print(f"stream_kafka_vs_quix ({hz} Hz, both reading the same readings from Kafka):")
+            print(f"  iotdata, Kafka source (codec frames):  {rate:>12,.0f} readings/s")
+            print(f"  Quix Streams (one JSON message each):  {quix_rate:>12,.0f} readings/s")
+            print(f"  ratio {ratio:.1f}x ({len(quix_windows):,} windows compared)")
     progress.close()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

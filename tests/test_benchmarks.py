@@ -107,13 +107,15 @@ def test_sinks_benchmark_quick_run_writes_json(tmp_path: Path, postgres_dsn: str
 @pytest.mark.kafka
 def test_stream_benchmark_quick_run_writes_json(tmp_path: Path, kafka_bootstrap: str) -> None:
     records = run_benchmark(
-        "stream.py", tmp_path / "stream.json", "--quick", "--kafka", kafka_bootstrap
+        "stream.py", tmp_path / "stream.json", "--quick", "--kafka", kafka_bootstrap, "--quix"
     )
     values = {(r["case"], r["impl"], r["metric"]): r["value"] for r in records}
     assert values["stream_vs_bytewax", "ratio", "readings_per_s"] > 0
     assert values["stream_vs_bytewax_1hz", "bytewax", "readings_per_s"] > 0
     assert values["stream_from_log", "iotdata", "readings_per_s"] > 0
     assert values["stream_kafka", "iotdata", "readings_per_s"] > 0
+    assert values["stream_kafka_vs_quix", "quixstreams", "readings_per_s"] > 0
+    assert values["stream_kafka_vs_quix", "ratio", "readings_per_s"] > 0
     assert values["stream_kafka", "iotdata", "latency_p50_s"] > 0
     assert (
         values["stream_kafka", "iotdata", "latency_p50_s"]
