@@ -32,8 +32,8 @@ WIDTH = 900
 LABEL = 380  # width of the label column
 BAR = 18
 GAP = 8
-#: Colours of the implementations in a rate chart: iotdata first, baselines after.
-PALETTE = ("#1f6feb", "#8b949e", "#d29922", "#8250df", "#cf222e")
+#: iotdata, a baseline, a ratio below 1x.
+PALETTE = ("#1f6feb", "#8b949e", "#d29922")
 
 
 def load(path: Path) -> list[Row]:
@@ -129,7 +129,7 @@ def ratio_chart(named: Sequence[tuple[str, Row]]) -> str:
 def rate_chart(name: str, groups: dict[tuple[str, str], dict[str, float]]) -> str:
     """One block per case: a bar per implementation, on a linear axis per case."""
     impls = sorted({i for values in groups.values() for i in values}, key=_impl_order)
-    colours = {impl: PALETTE[n % len(PALETTE)] for n, impl in enumerate(impls)}
+    colours = {impl: PALETTE[0] if impl.startswith("iotdata") else PALETTE[1] for impl in impls}
     plot = WIDTH - LABEL - 80
     body = []
     y = 34
