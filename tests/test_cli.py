@@ -75,6 +75,10 @@ def test_bad_arguments_give_clear_errors(tmp_path: Path) -> None:
     assert no_kafka.returncode == 2
     assert "--mqtt needs --kafka" in no_kafka.stderr
     assert run_cli("demo", "--devices", "0").returncode == 2
+    malformed = run_cli("inspect", "--kafka", "bad:host::", "--topic", "t")
+    assert malformed.returncode == 1
+    assert "bootstrap servers are host:port" in malformed.stderr
+    assert "Traceback" not in malformed.stderr
     assert run_cli("bogus").returncode == 2
     assert "demo" in run_cli("--help").stdout
     assert "no servers" in run_cli("demo", "--help").stdout

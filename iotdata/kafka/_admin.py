@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from iotdata.errors import DeliveryError, InvalidInputError
-from iotdata.kafka._connect import start_client
+from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._security import KafkaSecurity
 
 __all__ = ["TopicSpec", "ensure_topics"]
@@ -74,6 +74,7 @@ async def ensure_topics(
     from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
+    check_bootstrap(bootstrap)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=int(timeout * 1000),

@@ -7,17 +7,53 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from iotdata.errors import ConnectError
+from iotdata.errors import ConnectError, InvalidInputError
 
-__all__ = ["start_client"]
+__all__ = ["check_bootstrap", "start_client"]
+
+
+def check_bootstrap(bootstrap: object) -> str:
+    """``bootstrap`` if it is Kafka bootstrap servers, ``host[:port][,host[:port]...]`` (port
+    9092 when left out, an IPv6 host in brackets); :class:`~iotdata.errors.InvalidInputError`
+    saying so otherwise."""
+    problem = None
+    if not isinstance(bootstrap, str) or not bootstrap.strip():
+        problem = "empty"
+    else:
+        for server in bootstrap.split(","):
+            text = server.strip()
+            if any(c.isspace() or c in "/@?#" for c in text):
+                problem = f"{text!r} is not host:port"
+                break
+            if text and ":" not in text.strip("[]"):
+                continue  # a host name alone: aiokafka's default port
+            host, colon, port = text.rpartition(":")
+            if not colon or not host.strip("[]") or not port.isdigit():
+                problem = f"{server.strip()!r} is not host:port"
+            elif not 0 < int(port) < 65536:
+                problem = f"port {port} is out of range"
+            if problem:
+                break
+    if problem is not None:
+        raise InvalidInputError(
+            f"Kafka bootstrap servers are host:port[,host:port...]: {problem} in {bootstrap!r}"
+        )
+    return bootstrap  # type: ignore[return-value]
 
 
 async def start_client(client: Any, bootstrap: str) -> None:
     """``await client.start()``; when no bootstrap server answers, release the client and raise
     :class:`~iotdata.errors.ConnectError` naming the servers and, when aiokafka said why (a
-    refused login, an unknown certificate, a closed connection), the reason."""
+    refused login, an unknown certificate, a closed connection), the reason. Malformed
+    ``bootstrap`` is an :class:`~iotdata.errors.InvalidInputError` before any attempt."""
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
+    try:
+        check_bootstrap(bootstrap)
+    except InvalidInputError:
+        with contextlib.suppress(Exception):
+            await (client.close() if hasattr(client, "close") else client.stop())
+        raise
     with _reasons() as reasons:
         try:
             await client.start()

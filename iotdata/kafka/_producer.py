@@ -36,7 +36,7 @@ from iotdata.errors import (
     DeliveryTimeoutError,
     InvalidInputError,
 )
-from iotdata.kafka._connect import start_client
+from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._partitioner import Partitioner
 from iotdata.kafka._security import KafkaSecurity
 
@@ -57,12 +57,16 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
         raise InvalidInputError(f"{attribute.name} must be a positive number, got {value!r}")
 
 
+def _bootstrap(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    check_bootstrap(value)
+
+
 @attrs.frozen(kw_only=True)
 class ProducerSettings:
     """Where to send and how; every field has a default that suits telemetry."""
 
     #: Kafka bootstrap servers, ``host:port[,host:port...]``.
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = attrs.field(default="127.0.0.1:9092", validator=_bootstrap)
     client_id: str = "iotdata-producer"
     #: Kafka-level compression. iotdata frames are zstd-compressed already, so None is the
     #: default; zstd and lz4 need ``pip install 'iotdata[kafka-compression]'``.

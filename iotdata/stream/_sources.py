@@ -29,7 +29,7 @@ import attrs
 
 from iotdata._aio import wait_done
 from iotdata.errors import ClosedError, InvalidInputError
-from iotdata.kafka._connect import start_client
+from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._security import KafkaSecurity
 from iotdata.model import Batch
 from iotdata.stream._checkpoint import (
@@ -108,7 +108,7 @@ class KafkaSource(_ConsumerSource):
     one partition when missing), so a worker restarted on another machine recovers.
     """
 
-    bootstrap: str = attrs.field(kw_only=True)
+    bootstrap: str = attrs.field(kw_only=True, validator=lambda _, __, v: check_bootstrap(v))
     group: str = attrs.field(kw_only=True)
     client_id: str = attrs.field(default="iotdata-stream", kw_only=True)
     #: Seconds without a heartbeat before the group gives this member's partitions away.

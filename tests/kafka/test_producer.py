@@ -16,6 +16,7 @@ from iotdata.kafka import (
     ensure_topics,
     partition_for,
 )
+from iotdata.stream import KafkaSource
 
 pytestmark = pytest.mark.kafka
 
@@ -100,6 +101,15 @@ def test_bad_input_and_unreachable_kafka_give_clear_errors(
         ProducerSettings(linger=-1)
     with pytest.raises(InvalidInputError, match="topic name"):
         TopicSpec(name="bad/name")
+    for bootstrap in ("", "bad:host::", "h:99999", "mqtt://h:1883", "a b:9092", "k1:9092,"):
+        with pytest.raises(InvalidInputError, match="bootstrap servers are host:port"):
+            ProducerSettings(bootstrap=bootstrap)
+        with pytest.raises(InvalidInputError, match="bootstrap servers are host:port"):
+            asyncio.run(ensure_topics(bootstrap, TopicSpec(name=unique_name)))
+        with pytest.raises(InvalidInputError, match="bootstrap servers are host:port"):
+            KafkaSource(unique_name, bootstrap=bootstrap, group=unique_name)
+    for bootstrap in ("kafka", "k1:9092,k2:9093", "[::1]:9092"):  # a lone host: port 9092
+        assert ProducerSettings(bootstrap=bootstrap).bootstrap == bootstrap
 
     async def scenario() -> None:
         with pytest.raises(ConnectError, match=r"127\.0\.0\.1:1"):
