@@ -40,9 +40,11 @@ def worker(
     )
 
 
-async def feed(bootstrap: str, topic: str, seconds: float) -> None:
-    """Produce every frame, spread over ``seconds``."""
-    data = frames()
+async def feed(
+    bootstrap: str, topic: str, seconds: float, data: list[tuple[str, bytes]] | None = None
+) -> None:
+    """Produce ``data`` (every frame by default), spread over ``seconds``."""
+    data = frames() if data is None else data
     async with await PartitionedProducer.start(ProducerSettings(bootstrap=bootstrap)) as producer:
         started = time.monotonic()
         for n, (device, frame) in enumerate(data):
@@ -70,18 +72,23 @@ def feed_and_kill(
     doomed: subprocess.Popen[bytes],
     ready: Callable[[], bool] = lambda: True,
 ) -> None:
-    """Produce every frame over 8 s; SIGKILL ``doomed`` once some windows are in the sink and
-    ``ready()`` holds."""
+    """Produce the first half of the frames over 6 s; SIGKILL ``doomed`` once some windows are
+    in the sink and ``ready()`` holds (as a rule while that half is still coming in: outputs
+    written since the last checkpoint will be replayed), then produce the rest. The second half
+    waits for the kill, so the kill is before the end however slowly the group forms."""
+    data = frames()
+    first, rest = data[: len(data) // 2], data[len(data) // 2 :]
 
     async def scenario() -> None:
-        feeding = asyncio.create_task(feed(bootstrap, topic, 8))
+        feeding = asyncio.create_task(feed(bootstrap, topic, 6, first))
         deadline = time.monotonic() + 60
         while not (len(stored(path)) >= 40 and ready()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        doomed.kill()  # mid-run: outputs written since the last checkpoint will be replayed
+        doomed.kill()
         doomed.wait()
         assert 0 < len(stored(path)) < len(reference())
         await feeding
+        await feed(bootstrap, topic, 2, rest)
 
     asyncio.run(scenario())
 
