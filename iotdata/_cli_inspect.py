@@ -111,18 +111,12 @@ class _Printer:
         self.frames += 1
         self.readings += len(batch)
         if self.as_json:
+            from iotdata.sinks._json import strict_value  # noqa: PLC0415
+
             for r in batch:
-                print(
-                    json.dumps(
-                        {
-                            "device_id": r.device_id,
-                            "metric": r.metric,
-                            "ts": r.ts,
-                            "value": r.value,
-                            "seq": r.seq,
-                        }
-                    )
-                )
+                document = {"device_id": r.device_id, "metric": r.metric, "ts": r.ts}
+                document |= {"value": strict_value(r.value), "seq": r.seq}
+                print(json.dumps(document, allow_nan=False))
             return
         ts = [t for column in batch.columns for t in column.ts]
         seq = [s for column in batch.columns for s in column.seq]

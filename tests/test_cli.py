@@ -141,6 +141,26 @@ def test_inspect_decodes_files_and_reports_bad_ones(tmp_path: Path) -> None:
     assert (missing.returncode, "cannot read" in missing.stderr) == (1, True)
 
 
+def test_inspect_json_is_strict_json_for_jq(tmp_path: Path) -> None:
+    """Non-finite values, which JSON numbers cannot hold, are the strings the sinks use."""
+    import json  # noqa: PLC0415
+
+    from iotdata import Batch, codec  # noqa: PLC0415
+
+    values = [1.5, float("nan"), float("inf"), float("-inf")]
+    batch = Batch.from_columns("pump-1", {"rpm": ([1, 2, 3, 4], values, [0, 1, 2, 3])})
+    (tmp_path / "odd.frame").write_bytes(codec.encode(batch))
+    result = run_cli("inspect", str(tmp_path / "odd.frame"), "--json")
+    assert result.returncode == 0, result.stderr
+    parsed = [json.loads(line, parse_constant=_refuse) for line in result.stdout.splitlines()]
+    assert [r["value"] for r in parsed] == [1.5, "NaN", "Infinity", "-Infinity"]
+    assert [r["seq"] for r in parsed] == [0, 1, 2, 3]
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
+
+
 def test_inspect_reads_an_embedded_log(tmp_path: Path) -> None:
     from iotdata.local import LocalLog  # noqa: PLC0415
 

@@ -316,14 +316,10 @@ class _Demo:
                     self.counts.ticks += len(ticks)
                     self.counts.sent += len(readings)
                     self.counts.json_bytes += size
-                # in step, as live devices are: no device more than a chunk ahead of another
+                # in step, as live devices are: no device more than a chunk ahead of another;
+                # after the last chunk, the broker has acknowledged every accepted reading
                 for client in clients:
                     client.flush(timeout=120)
-            self.counts.phase = "devices flushing"
-            for client in clients:
-                if self.stopping.is_set():
-                    return
-                client.flush(timeout=120)
         finally:
             for client in clients:
                 client.close(timeout=5)
@@ -428,14 +424,9 @@ def _warm_store(options: DemoOptions, out: Path) -> tuple[str, str]:
 
 def _drop_demo_tables(dsn: str) -> None:
     """The demo owns its tables: a run starts from empty ones, as with its folder."""
-    try:
-        import psycopg  # noqa: PLC0415
-    except ImportError:
-        from iotdata.sinks import MissingDependencyError  # noqa: PLC0415
+    from iotdata.sinks._postgres import _import_psycopg  # noqa: PLC0415
 
-        raise MissingDependencyError(
-            "--postgres needs psycopg: pip install 'iotdata[postgres]'"
-        ) from None
+    psycopg = _import_psycopg()
     names = ", ".join(f"{PG_PREFIX}{t}" for t in ("readings", "aggregates", "alerts"))
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn:

@@ -22,7 +22,7 @@ from typing import Union
 
 from iotdata.sinks._records import Alert, WindowAggregate
 
-__all__ = ["decode_float", "encode_extra", "record_fields", "strict_json"]
+__all__ = ["decode_float", "encode_extra", "record_fields", "strict_json", "strict_value"]
 
 JsonValue = Union[str, int, float, bool, None, dict[str, "JsonValue"]]  # noqa: UP007
 
@@ -89,15 +89,18 @@ def _strict_float(value: float | None) -> float | str | None:
     return "Infinity" if value > 0 else "-Infinity"
 
 
+def strict_value(value: object) -> object:
+    """``value`` as strict JSON holds it: a non-finite float as its string, the rest as is."""
+    return _strict_float(value) if type(value) is float else value
+
+
 def _strict(fields: dict[str, JsonValue]) -> dict[str, JsonValue]:
     strict: dict[str, JsonValue] = {}
     for name, value in fields.items():
         if isinstance(value, dict):
             strict[name] = _strict(value)
-        elif type(value) is float:
-            strict[name] = _strict_float(value)
         else:
-            strict[name] = value
+            strict[name] = strict_value(value)  # type: ignore[assignment]
     return strict
 
 
