@@ -243,7 +243,7 @@ def test_a_resumed_session_delivers_what_was_queued_while_away(
     with connect(private_broker.url, f"{unique_name}-cloud", **session) as cloud:
         cloud.wait_connected(10)
         cloud.subscribe(f"{unique_name}/#", inbox)
-        time.sleep(0.3)
+        cloud.wait_subscribed(10)  # in the session before the cloud side goes away
     with connect(private_broker.url, unique_name) as device:  # the cloud side is away
         device.wait_connected(10)
         for i in range(20):
