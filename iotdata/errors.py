@@ -20,9 +20,12 @@ __all__ = [
     "EncodeError",
     "InvalidInputError",
     "IotDataError",
+    "NoSubscribersError",
+    "PublishRefusedError",
     "QueueClosedError",
     "QueueFullError",
     "QueueStorageError",
+    "SubscribeRefusedError",
 ]
 
 
@@ -115,3 +118,33 @@ class DeliveryTimeoutError(DeliveryError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retriable=True)
+
+
+class PublishRefusedError(IotDataError):
+    """The MQTT broker answered a publish with a reason code that means it did not take the
+    message on (MQTT 5 PUBACK reason codes, ``reason_code``). ``retriable`` says whether
+    sending it again unchanged may succeed (a quota, no subscribers yet) or not (not authorized,
+    an invalid topic): the device client keeps the readings queued either way."""
+
+    def __init__(self, message: str, *, reason_code: int, retriable: bool) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.retriable = retriable
+
+
+class NoSubscribersError(PublishRefusedError):
+    """The broker accepted a message but no subscription matched it (MQTT 5 reason 0x10), so it
+    dropped it: after a broker restart, shared subscriptions exist again only once their
+    subscribers re-subscribed. Retriable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason_code=0x10, retriable=True)
+
+
+class SubscribeRefusedError(IotDataError):
+    """The broker refused a subscription (a SUBACK reason code of 0x80 or more), or granted a
+    lower QoS than the one asked for: messages would not arrive, or arrive without redelivery."""
+
+    def __init__(self, message: str, *, reason_code: int) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +55,7 @@ class Collector:
         self.connection.subscribe(f"{topics.prefix}/+/state", self._other)
         self.connection.subscribe(f"{topics.prefix}/+/commands/+/result", self._other)
         self.connection.subscribe(f"{topics.prefix}/+/config/reported", self._other)
-        time.sleep(0.3)
+        self.connection.wait_subscribed(10)
 
     @property
     def values(self) -> dict[Key, object]:
@@ -94,6 +93,12 @@ class Collector:
             assert done, f"{len(missing)} readings missing, e.g. {sorted(missing)[:10]}"
             extra = self.readings.keys() - expected
             assert not (exact and extra), f"unexpected readings, e.g. {sorted(extra)[:5]}"
+
+    def wait_count(self, count: int, timeout: float = 30) -> None:
+        """Wait until ``count`` distinct (device, seq) arrived."""
+        with self._cond:
+            done = self._cond.wait_for(lambda: len(self.readings) >= count, timeout)
+            assert done, f"{len(self.readings)} distinct readings arrived, not {count}"
 
     def wait_other(
         self, predicate: Callable[[list[tuple[str, bytes]]], bool], timeout: float = 10

@@ -206,10 +206,12 @@ def test_inspect_reads_a_kafka_topic(kafka_bootstrap: str, unique_name: str) -> 
 
 @pytest.mark.mqtt
 def test_inspect_listens_on_an_mqtt_topic(mqtt_url: str, unique_name: str) -> None:
+    import contextlib  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
     import time  # noqa: PLC0415
 
+    from iotdata.errors import NoSubscribersError  # noqa: PLC0415
     from iotdata.mqtt import MqttConnection, MqttSettings  # noqa: PLC0415
 
     options = ["--topic", f"{unique_name}/+/telemetry", "--max", "3", "--seconds", "60"]
@@ -225,7 +227,9 @@ def test_inspect_listens_on_an_mqtt_topic(mqtt_url: str, unique_name: str) -> No
         frames = iter(_frames(100))
         while listener.poll() is None:  # until it has its three (it may subscribe late)
             device, frame = next(frames)
-            publisher.publish(f"{unique_name}/{device}/telemetry", frame).wait(10)
+            delivery = publisher.publish(f"{unique_name}/{device}/telemetry", frame)
+            with contextlib.suppress(NoSubscribersError):  # until inspect has subscribed
+                delivery.wait(10)
             time.sleep(0.2)
         out, err = listener.communicate(timeout=60)
     finally:

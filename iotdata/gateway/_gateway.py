@@ -67,8 +67,10 @@ class GatewaySettings:
     kafka: ProducerSettings = attrs.Factory(ProducerSettings)
     topics: Topics = attrs.Factory(Topics)
     kafka_topics: KafkaTopics = attrs.Factory(KafkaTopics)
-    #: The shared-subscription group: gateways in one group split the messages.
-    group: str = "iotdata-gateway"
+    #: The shared-subscription group: gateways in one group split the messages. None
+    #: subscribes without a share (one gateway), which a broker restores with the session after
+    #: a restart (see docs/gateway.md).
+    group: str | None = "iotdata-gateway"
     #: MQTT client id; it names the persistent session, so keep it stable across restarts and
     #: unique per gateway process. Default: ``{group}-{host name}``.
     client_id: str | None = None
@@ -91,7 +93,14 @@ class GatewaySettings:
         self.topics.all_telemetry(self.group)  # validates the group name
 
     def session_id(self) -> str:
-        return self.client_id or f"{self.group}-{socket.gethostname()}"
+        return self.client_id or f"{self.group or 'iotdata-gateway'}-{socket.gethostname()}"
+
+    def subscriptions(self) -> tuple[str, str]:
+        """The telemetry and the state filters this gateway subscribes to."""
+        states = self.topics.all_states()
+        if self.group is None:
+            return self.topics.all_telemetry(), states
+        return self.topics.all_telemetry(self.group), f"$share/{self.group}/{states}"
 
 
 @attrs.frozen
@@ -181,10 +190,7 @@ class Gateway:
             session_expiry=settings.session_expiry,
             manual_ack=True,
             receive_maximum=settings.max_in_flight,
-            subscriptions={
-                settings.topics.all_telemetry(settings.group): self._arrive,
-                f"$share/{settings.group}/{settings.topics.all_states()}": self._arrive,
-            },
+            subscriptions=dict.fromkeys(settings.subscriptions(), self._arrive),
         )
         self._started.set()
 

@@ -11,7 +11,14 @@ that imports the device client pays for them only once it connects.
 
 from typing import TYPE_CHECKING, Any
 
-from iotdata.mqtt._delivery import ConnectionStats, Delivery, Will, default_backoff
+from iotdata.mqtt._delivery import (
+    ConnectionStats,
+    Delivery,
+    Will,
+    backoff_delay,
+    default_backoff,
+    refusal_backoff,
+)
 from iotdata.mqtt._settings import MqttSettings, TlsSettings
 from iotdata.mqtt._topics import Topics
 
@@ -19,6 +26,7 @@ __all__ = [
     "ConnectionStats",
     "Delivery",
     "LocalBroker",
+    "LocalBrokerStats",
     "LocalConnection",
     "LocalMessage",
     "MqttConnection",
@@ -26,16 +34,19 @@ __all__ = [
     "TlsSettings",
     "Topics",
     "Will",
+    "backoff_delay",
     "default_backoff",
+    "refusal_backoff",
 ]
 
 if TYPE_CHECKING:
     from iotdata.mqtt._connection import MqttConnection
-    from iotdata.mqtt._local import LocalBroker, LocalConnection, LocalMessage
+    from iotdata.mqtt._local import LocalBroker, LocalBrokerStats, LocalConnection, LocalMessage
 
 _LAZY = {
     "MqttConnection": "_connection",
     "LocalBroker": "_local",
+    "LocalBrokerStats": "_local",
     "LocalConnection": "_local",
     "LocalMessage": "_local",
 }

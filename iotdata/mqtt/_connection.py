@@ -8,6 +8,10 @@ caller's to resend (the device client's durable queue does exactly that).
 
 Publishing returns a :class:`Delivery` that completes on the broker's acknowledgement (PUBACK
 for QoS 1) or fails with :class:`~iotdata.ConnectionLostError` if the connection drops first.
+A PUBACK is delivery only with reason 0x00: 0x10 ("no matching subscribers": the broker dropped
+the message) and every refusal fail the delivery (see :mod:`iotdata.mqtt._reasons`). A
+subscription is in place only when its SUBACK grants the QoS asked for; otherwise
+:meth:`MqttConnection.wait_subscribed` raises :class:`~iotdata.errors.SubscribeRefusedError`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from iotdata.errors import (
     ConnectError,
     ConnectionLostError,
     InvalidInputError,
+    SubscribeRefusedError,
 )
 from iotdata.mqtt._delivery import (
     ConnectionStats,
@@ -39,7 +44,9 @@ from iotdata.mqtt._delivery import (
     Will,
     default_backoff,
 )
+from iotdata.mqtt._reasons import publish_outcome, subscribe_outcome
 from iotdata.mqtt._settings import MqttSettings
+from iotdata.mqtt._topics import check_topic, split_filter
 
 __all__ = ["MqttConnection"]
 
@@ -80,7 +87,9 @@ class MqttConnection:
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _pending: dict[int, Delivery] = attrs.field(factory=dict, init=False)
-    _early_acks: set[int] = attrs.field(factory=set, init=False)
+    #: PUBACKs (or, at QoS 0, paho's "sent") that beat publish() registering the delivery:
+    #: message id -> reason code.
+    _early_acks: dict[int, int] = attrs.field(factory=dict, init=False)
     _subscriptions: dict[str, tuple[int, Handler]] = attrs.field(factory=dict, init=False)
     _connack: threading.Event = attrs.field(factory=threading.Event, init=False)
     _refusal: BaseException | None = attrs.field(default=None, init=False)
@@ -88,12 +97,18 @@ class MqttConnection:
     #: Bumped when a connection is lost: a publish that straddles it fails instead of hanging.
     _generation: int = attrs.field(default=0, init=False)
     _last_error: BaseException | None = attrs.field(default=None, init=False)
-    _subscribing: set[int] = attrs.field(factory=set, init=False)
-    _early_subacks: set[int] = attrs.field(factory=set, init=False)
+    #: SUBSCRIBE packets awaiting their SUBACK: message id -> (filter, qos).
+    _subscribing: dict[int, tuple[str, int]] = attrs.field(factory=dict, init=False)
+    #: SUBACKs that beat the bookkeeping of their SUBSCRIBE: message id -> reason codes.
+    _early_subacks: dict[int, list[int]] = attrs.field(factory=dict, init=False)
     _subscribed: threading.Event = attrs.field(factory=threading.Event, init=False)
+    #: Why the broker refused a subscription of this connection, if it did.
+    _subscribe_error: SubscribeRefusedError | None = attrs.field(default=None, init=False)
     _packet_limit: int = attrs.field(default=0, init=False)
     _stats: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys(("connects", "disconnects", "published", "acked"), 0),
+        factory=lambda: dict.fromkeys(
+            ("connects", "disconnects", "published", "acked", "refused"), 0
+        ),
         init=False,
     )
 
@@ -106,6 +121,8 @@ class MqttConnection:
         after connecting, possibly before a later :meth:`subscribe` call could register them.
         """
         subscriptions: Mapping[str, Handler] = options.pop("subscriptions", None) or {}
+        for topic_filter in subscriptions:
+            split_filter(topic_filter)
         connection = cls(settings, client_id, **options)
         for topic_filter, handler in subscriptions.items():
             connection._subscriptions[topic_filter] = (1, handler)
@@ -146,6 +163,11 @@ class MqttConnection:
 
         Raises :class:`ConnectionLostError` when not connected: resend after reconnecting.
         """
+        check_topic(topic)
+        if qos not in (0, 1):
+            raise InvalidInputError(f"qos must be 0 or 1, got {qos!r}")
+        if not isinstance(payload, (bytes, bytearray)):
+            raise InvalidInputError(f"payload must be bytes, got {type(payload).__name__}")
         if self._closing.is_set():
             raise ClosedError("the MQTT connection is closed")
         client = self._client
@@ -159,23 +181,23 @@ class MqttConnection:
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise ConnectionLostError(f"publish failed: {paho.error_string(info.rc)}")
-        delivery = Delivery(info.mid)
-        straddled = acknowledged = False
+        delivery = Delivery(info.mid, topic, retain=retain)
+        early: int | None = None
+        straddled = False
         replaced: Delivery | None = None
         with self._lock:  # never held while calling into paho (see _on_publish)
             self._stats["published"] += 1
             if generation != self._generation:  # the connection dropped during the call
                 straddled = True
-            elif qos == 0 or info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                acknowledged = True
-            else:
-                replaced = self._pending.get(info.mid)  # never on one connection, but never hang
-                self._pending[info.mid] = delivery
+            else:  # QoS 0 too: paho reports it once written, and only then is its id free
+                early = self._early_acks.pop(info.mid, None)
+                if early is None:
+                    replaced = self._pending.get(info.mid)  # never on one connection; never hang
+                    self._pending[info.mid] = delivery
         if straddled:
             delivery._finish(ConnectionLostError("connection lost while publishing"))
-        elif acknowledged:
-            delivery._finish(None)
+        elif early is not None:
+            self._settle(delivery, early)
         if replaced is not None:
             replaced._finish(ConnectionLostError(f"message id {info.mid} was reused"))
         return delivery
@@ -185,6 +207,9 @@ class MqttConnection:
 
         Subscriptions are renewed after every reconnection.
         """
+        split_filter(topic_filter)
+        if qos not in (0, 1):
+            raise InvalidInputError(f"qos must be 0 or 1, got {qos!r}")
         self._subscriptions[topic_filter] = (qos, handler)
         client = self._client
         if client is not None and self._connected.is_set():
@@ -192,11 +217,19 @@ class MqttConnection:
 
     def wait_subscribed(self, timeout: float | None = None) -> None:
         """Block until connected and every subscription is acknowledged by the broker (from
-        then on, messages published to them reach us, or our persistent session)."""
+        then on, messages published to them reach us, or our persistent session).
+
+        Raises :class:`~iotdata.errors.SubscribeRefusedError` when the broker refused one, or
+        granted less than the QoS asked for.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         self.wait_connected(timeout)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._subscribed.wait(remaining):
+        subscribed = self._subscribed.wait(remaining)
+        error = self._subscribe_error
+        if error is not None:
+            raise SubscribeRefusedError(str(error), reason_code=error.reason_code)
+        if not subscribed:
             raise ConnectError(f"{self.settings.url} did not acknowledge our subscriptions")
 
     @property
@@ -229,6 +262,7 @@ class MqttConnection:
             published=stats["published"],
             acknowledged=stats["acked"],
             last_error=None if error is None else str(error),
+            refused=stats["refused"],
         )
 
     def close(self, timeout: float = 5.0) -> None:
@@ -307,6 +341,7 @@ class MqttConnection:
         with self._lock:
             self._subscribing.clear()
             self._early_subacks.clear()
+            self._subscribe_error = None
         self._subscribed.set()
         for topic_filter, (qos, _) in list(self._subscriptions.items()):
             self._send_subscribe(client, topic_filter, qos)
@@ -319,25 +354,34 @@ class MqttConnection:
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
             return  # not connected any more: renewed after reconnecting
         with self._lock:
-            if mid in self._early_subacks:  # the SUBACK beat us here
-                self._early_subacks.discard(mid)
-            else:
-                self._subscribing.add(mid)
+            codes = self._early_subacks.pop(mid, None)  # the SUBACK may beat us here
+            if codes is None:
+                self._subscribing[mid] = (topic_filter, qos)
                 self._subscribed.clear()
+        if codes is not None:
+            self._judge_suback(topic_filter, qos, codes)
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
     ) -> None:
+        codes = [int(getattr(reason, "value", reason)) for reason in reasons]
         with self._lock:
-            if mid not in self._subscribing:
-                self._early_subacks.add(mid)
+            asked = self._subscribing.pop(mid, None)
+            if asked is None:
+                self._early_subacks[mid] = codes
                 return
-            self._subscribing.discard(mid)
             if not self._subscribing:
                 self._subscribed.set()
-        refused = [r for r in reasons if int(getattr(r, "value", r)) >= 0x80]
-        if refused:
-            log.error("the broker refused a subscription: %s", refused)
+        self._judge_suback(*asked, codes)
+
+    def _judge_suback(self, topic_filter: str, qos: int, codes: list[int]) -> None:
+        """Record a refused (or downgraded) subscription: :meth:`wait_subscribed` raises it."""
+        for code in codes:
+            error = subscribe_outcome(code, topic_filter, qos)
+            if error is not None:
+                log.error("%s", error)
+                self._subscribe_error = error
+                self._subscribed.set()  # nothing more to wait for: wait_subscribed raises
 
     def _hang_up_error(self, rc: int) -> ConnectError:
         """Why the broker hung up before accepting us: a TLS alert means our certificate."""
@@ -456,16 +500,21 @@ class MqttConnection:
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
         # paho calls this holding its outgoing-message mutex: take only our small lock.
+        code = int(getattr(reason, "value", reason) or 0)
         with self._lock:
             delivery = self._pending.pop(mid, None)
             if delivery is None:
-                self._early_acks.add(mid)
-            else:
-                self._stats["acked"] += 1
-        if delivery is None:
-            return
-        code = int(getattr(reason, "value", reason) or 0)
-        error = None if code < 0x80 else ConnectionLostError(f"broker refused message: {reason}")
+                self._early_acks[mid] = code
+        if delivery is not None:
+            self._settle(delivery, code)
+
+    def _settle(self, delivery: Delivery, code: int) -> None:
+        """Finish a delivery by its PUBACK reason code: only 0x00 is delivery."""
+        error = publish_outcome(code, delivery.topic, retained=delivery.retain)
+        with self._lock:
+            self._stats["acked" if error is None else "refused"] += 1
+        if error is not None:
+            log.debug("%s", error)
         delivery._finish(error)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
@@ -505,6 +554,4 @@ def _release(client: paho.Client) -> None:
 
 def _matching(topic_filter: str) -> str:
     """The filter a shared subscription (``$share/group/filter``) matches topics with."""
-    if topic_filter.startswith("$share/"):
-        return topic_filter.split("/", 2)[2]
-    return topic_filter
+    return split_filter(topic_filter)[1]

@@ -16,7 +16,15 @@ import attrs
 if TYPE_CHECKING:
     import tenacity
 
-__all__ = ["ConnectionStats", "Delivery", "Will", "call_safely", "default_backoff"]
+__all__ = [
+    "ConnectionStats",
+    "Delivery",
+    "Will",
+    "backoff_delay",
+    "call_safely",
+    "default_backoff",
+    "refusal_backoff",
+]
 
 log = logging.getLogger("iotdata.mqtt")
 
@@ -26,6 +34,23 @@ def default_backoff() -> tenacity.wait.wait_base:
     import tenacity  # noqa: PLC0415 (loaded with the first connection, not at import)
 
     return tenacity.wait_random_exponential(multiplier=0.5, max=30)
+
+
+def refusal_backoff() -> tenacity.wait.wait_base:
+    """Full-jitter exponential waits before publishing again what the broker did not take on
+    (no matching subscribers, a quota): up to 0.1 s, 0.2 s, 0.4 s, ... at most 10 s."""
+    import tenacity  # noqa: PLC0415
+
+    return tenacity.wait_random_exponential(multiplier=0.1, max=10)
+
+
+def backoff_delay(wait: tenacity.wait.wait_base, attempt: int) -> float:
+    """The seconds a tenacity wait policy gives before attempt ``attempt + 1``."""
+    import tenacity  # noqa: PLC0415
+
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.attempt_number = attempt
+    return float(wait(state))
 
 
 @attrs.frozen
@@ -41,10 +66,12 @@ class Will:
 class Delivery:
     """The fate of one published message: acknowledged, or lost with the connection."""
 
-    __slots__ = ("_callbacks", "_done", "_error", "mid")
+    __slots__ = ("_callbacks", "_done", "_error", "mid", "retain", "topic")
 
-    def __init__(self, mid: int) -> None:
+    def __init__(self, mid: int, topic: str = "", *, retain: bool = False) -> None:
         self.mid = mid
+        self.topic = topic
+        self.retain = retain
         self._done = threading.Event()
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Delivery], None]] = []
@@ -53,11 +80,14 @@ class Delivery:
         return self._done.is_set()
 
     def error(self) -> BaseException | None:
-        """None when acknowledged; the reason otherwise (only meaningful once done)."""
+        """None when delivered; the reason otherwise (only meaningful once done):
+        :class:`~iotdata.ConnectionLostError`, or a
+        :class:`~iotdata.errors.PublishRefusedError` (such as
+        :class:`~iotdata.errors.NoSubscribersError`) for a PUBACK that is not delivery."""
         return self._error
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until acknowledged; raise the reason if it was not; TimeoutError on timeout."""
+        """Block until delivered; raise the reason if it was not; TimeoutError on timeout."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"message {self.mid} not acknowledged within {timeout} s")
         if self._error is not None:
@@ -89,8 +119,12 @@ class ConnectionStats:
     connects: int
     disconnects: int
     published: int
+    #: Messages the broker took on (PUBACK 0x00; written, at QoS 0).
     acknowledged: int
     last_error: str | None
+    #: Messages the broker acknowledged without taking them on: no matching subscribers
+    #: (0x10) or a refusal (0x80 and above).
+    refused: int = 0
 
 
 def call_safely(callback: Callable[[Delivery], None], delivery: Delivery) -> None:

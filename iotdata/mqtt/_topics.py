@@ -19,7 +19,7 @@ import attrs
 from iotdata.errors import InvalidInputError
 from iotdata.model import validate_device_id
 
-__all__ = ["TopicKind", "Topics"]
+__all__ = ["TopicKind", "Topics", "check_topic", "split_filter"]
 
 #: What a topic carries, as :meth:`Topics.parse` reports it.
 TopicKind = str
@@ -32,6 +32,50 @@ CONFIG_DESIRED = "config-desired"
 CONFIG_REPORTED = "config-reported"
 
 _WILDCARDS = frozenset("+#")
+#: Longest topic or filter MQTT can carry, in UTF-8 bytes.
+MAX_TOPIC_BYTES = 65535
+
+
+def _check_text(kind: str, text: object) -> str:
+    if type(text) is not str or not text:
+        raise InvalidInputError(f"an MQTT {kind} must be a non-empty string: {text!r}")
+    if "\0" in text or len(text.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        raise InvalidInputError(f"an MQTT {kind} has no NUL and at most 65535 bytes: {text!r}")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"an MQTT {kind} must be valid UTF-8: {text!r}") from None
+    return text
+
+
+def check_topic(topic: object) -> str:
+    """``topic`` if it is a topic name one may publish to (no wildcards), else InvalidInputError."""
+    name = _check_text("topic", topic)
+    if not _WILDCARDS.isdisjoint(name):
+        raise InvalidInputError(f"a topic to publish to has no + or # wildcard: {name!r}")
+    return name
+
+
+def split_filter(topic_filter: object) -> tuple[str | None, str]:
+    """``(shared group or None, filter)`` of a valid topic filter, else InvalidInputError.
+
+    ``+`` must be a whole level and ``#`` the whole last level; a shared subscription is
+    ``$share/{group}/{filter}`` with a group without ``/``, ``+`` or ``#``.
+    """
+    text = _check_text("topic filter", topic_filter)
+    group = None
+    if text.startswith("$share/"):
+        parts = text.split("/", 2)
+        if len(parts) < 3 or not parts[1] or not _WILDCARDS.isdisjoint(parts[1]) or not parts[2]:
+            raise InvalidInputError(f"a shared subscription is $share/group/filter: {text!r}")
+        group, text = parts[1], parts[2]
+    levels = text.split("/")
+    for index, level in enumerate(levels):
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            raise InvalidInputError(f"+ and # must be whole levels of a filter: {topic_filter!r}")
+        if level == "#" and index != len(levels) - 1:
+            raise InvalidInputError(f"# must be the last level of a filter: {topic_filter!r}")
+    return group, text
 
 
 def _check_prefix(instance: object, attribute: attrs.Attribute[str], prefix: str) -> None:

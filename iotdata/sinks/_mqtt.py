@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from iotdata.errors import ClosedError, ConnectError, InvalidInputError, IotDataError
+from iotdata.errors import (
+    ClosedError,
+    ConnectError,
+    InvalidInputError,
+    IotDataError,
+    NoSubscribersError,
+)
 from iotdata.model import validate_device_id
 from iotdata.sinks._errors import SinkError, SinkFatalError, SinkRetriableError
 from iotdata.sinks._json import strict_json
@@ -59,6 +65,12 @@ class MqttSink:
     connections with one id push each other off the broker). A flush waits ``connect_timeout``
     seconds at most for a lost connection to come back and ``ack_timeout`` seconds for the
     acknowledgements, then fails retriably; ``retry`` decides what happens next.
+
+    A PUBACK "no matching subscribers" (0x10) means no device listens on that topic now (one
+    offline without a persistent session): by default the message counts as delivered, as MQTT
+    intends for such a device. ``require_subscriber=True`` makes such a flush fail retriably
+    until someone subscribes. Other refusals (not authorized, ...) fail the flush, retriably or
+    not as the broker's reason code says.
     """
 
     mqtt: str | MqttSettings = "mqtt://127.0.0.1:1883"
@@ -69,6 +81,7 @@ class MqttSink:
     ack_timeout: float = attrs.field(default=30.0, validator=_positive)
     flush_rows: int = 10_000
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    require_subscriber: bool = False
 
     @property
     def prefix(self) -> str:
@@ -151,9 +164,12 @@ class MqttWriter(BufferedWriter):
                 f"{self._connection.settings.url} within {self._sink.ack_timeout} s"
             )
         errors = [error for future in done if (error := future.exception()) is not None]
+        if not self._sink.require_subscriber:
+            errors = [error for error in errors if not isinstance(error, NoSubscribersError)]
         if errors:
             log.warning("%s: %d of %d messages failed", self.name, len(errors), len(acks))
-            raise errors[0]
+            error = errors[0]
+            raise (error if isinstance(error, SinkError) else _sink_error(error)) from error
 
     async def release(self) -> None:
         await asyncio.to_thread(self._connection.close)
@@ -209,12 +225,12 @@ def _forget(futures: list[asyncio.Future[None]]) -> None:
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-def _sink_error(exc: IotDataError) -> SinkError:
+def _sink_error(exc: BaseException) -> SinkError:
     if isinstance(exc, InvalidInputError):  # larger than the broker's packet limit
         return SinkFatalError(f"the MQTT broker cannot take a message: {exc}")
     if isinstance(exc, ClosedError):
         return SinkRetriableError(f"the MQTT connection is closed: {exc}")
-    kind = SinkRetriableError if exc.retriable else SinkFatalError
+    kind = SinkRetriableError if getattr(exc, "retriable", False) else SinkFatalError
     return kind(f"MQTT: {exc}")
 
 

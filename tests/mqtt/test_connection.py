@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import tenacity
 
 import iotdata
 from iotdata import codec
+from iotdata.errors import NoSubscribersError, PublishRefusedError, SubscribeRefusedError
 from iotdata.model import Batch
 from iotdata.mqtt import MqttConnection, MqttSettings, TlsSettings, Will
 from tests._brokers import PrivateBroker, make_certificates, tls_config
@@ -57,7 +59,7 @@ def test_publish_is_acknowledged_and_received(
         subscriber.wait_connected(10)
         subscriber.subscribe(f"{unique_name}/#", inbox)
         publisher.wait_connected(10)
-        time.sleep(0.2)  # let the SUBACK arrive before publishing
+        subscriber.wait_subscribed(10)  # the SUBACK came: from now on messages reach it
         deliveries = [publisher.publish(f"{unique_name}/t", f"m{i}".encode()) for i in range(50)]
         for delivery in deliveries:
             delivery.wait(10)
@@ -90,8 +92,7 @@ def test_reconnects_after_an_outage_and_renews_subscriptions(
         with pytest.raises(iotdata.ConnectError, match="cannot reach"):
             connection.wait_connected(0.5)
         private_broker.start()
-        connection.wait_connected(15)
-        time.sleep(0.2)
+        connection.wait_subscribed(15)  # renewed after the reconnection
         connection.publish(f"{unique_name}/x", b"after").wait(10)
         assert inbox.wait_for(1) == [(f"{unique_name}/x", b"after")]
         assert events == ["up", "down", "up"]
@@ -173,12 +174,13 @@ def test_a_clean_close_sends_no_will(mqtt_url: str, unique_name: str) -> None:
     with connect(mqtt_url, f"{unique_name}-watch") as watcher:
         watcher.wait_connected(10)
         watcher.subscribe(f"{unique_name}/state", inbox)
-        time.sleep(0.2)
+        watcher.wait_subscribed(10)
         will = Will(f"{unique_name}/state", b"offline", retain=False)
         with connect(mqtt_url, unique_name, will=will) as device:
             device.wait_connected(10)
-        time.sleep(1.5)
-        assert inbox.messages == []
+        # a will would be published as the device went; a marker after it comes behind it
+        watcher.publish(f"{unique_name}/state", b"marker").wait(10)
+        assert inbox.wait_for(1) == [(f"{unique_name}/state", b"marker")]
 
 
 @pytest.fixture
@@ -205,9 +207,14 @@ def test_mutual_tls_connects_with_a_certificate_the_broker_trusts(
     tls_broker: tuple[PrivateBroker, Path], unique_name: str
 ) -> None:
     broker, pki = tls_broker
-    with MqttConnection.start(tls_settings(broker, pki), unique_name, backoff=FAST) as connection:
-        connection.wait_connected(10)
+    inbox = Inbox()
+    subscriptions = {f"{unique_name}/x": inbox}
+    with MqttConnection.start(
+        tls_settings(broker, pki), unique_name, backoff=FAST, subscriptions=subscriptions
+    ) as connection:
+        connection.wait_subscribed(10)
         connection.publish(f"{unique_name}/x", b"secure").wait(10)
+        assert inbox.wait_for(1) == [(f"{unique_name}/x", b"secure")]
 
 
 def test_a_certificate_from_another_ca_is_refused_clearly(
@@ -275,7 +282,9 @@ def test_inspect_listens_over_mutual_tls_with_the_files_it_is_given(
             device.wait_connected(10)
             deadline = time.monotonic() + 60
             while inspect.poll() is None and time.monotonic() < deadline:
-                device.publish(f"{unique_name}/dev-1/telemetry", frame, qos=1).wait(10)
+                delivery = device.publish(f"{unique_name}/dev-1/telemetry", frame, qos=1)
+                with contextlib.suppress(NoSubscribersError):  # until inspect subscribed
+                    delivery.wait(10)
                 time.sleep(0.5)
         out, err = inspect.communicate(timeout=30)
     assert inspect.returncode == 0, err
@@ -286,3 +295,94 @@ def test_inspect_listens_over_mutual_tls_with_the_files_it_is_given(
     plain = run_cli("inspect", "--mqtt", "mqtt://127.0.0.1:1883", "--topic", "x", *ca)
     assert plain.returncode == 1
     assert "need an mqtts:// URL" in plain.stderr
+
+
+def test_a_puback_is_delivery_only_with_reason_0(private_broker: PrivateBroker) -> None:
+    """0x10 (no matching subscribers: dropped) and 0x87 (not authorized) fail the delivery with
+    the reason; a retained message with no subscriber is kept by the broker: delivered."""
+    acl = private_broker.folder / "acl"
+    acl.write_text("topic readwrite ok/#\n")
+    private_broker.stop()
+    private_broker.extra_config = f"acl_file {acl}\n"
+    private_broker.start()
+    with connect(private_broker.url, "pub") as publisher:
+        publisher.wait_connected(10)
+        with pytest.raises(NoSubscribersError) as nobody:
+            publisher.publish("ok/nobody-listens", b"x").wait(10)
+        assert (nobody.value.reason_code, nobody.value.retriable) == (0x10, True)
+        with pytest.raises(PublishRefusedError) as denied:
+            publisher.publish("denied/x", b"x").wait(10)
+        assert (denied.value.reason_code, denied.value.retriable) == (0x87, False)
+        publisher.publish("ok/state", b"kept", retain=True).wait(10)
+        inbox = Inbox()
+        with connect(private_broker.url, "sub", subscriptions={"ok/#": inbox}) as subscriber:
+            subscriber.wait_subscribed(10)
+            assert inbox.wait_for(1) == [("ok/state", b"kept")]
+            publisher.publish("ok/heard", b"y").wait(10)
+            assert inbox.wait_for(2)[1] == ("ok/heard", b"y")
+        stats = publisher.statistics()
+        assert (stats.acknowledged, stats.refused) == (2, 2)
+
+
+def test_a_downgraded_subscription_is_an_error(private_broker: PrivateBroker) -> None:
+    """A broker that grants QoS 0 for a QoS 1 subscription would deliver without redelivery:
+    wait_subscribed says so instead of returning."""
+    private_broker.stop()
+    private_broker.extra_config = "max_qos 0\n"
+    private_broker.start()
+    with (
+        connect(private_broker.url, "sub", subscriptions={"a/#": Inbox()}) as subscriber,
+        pytest.raises(SubscribeRefusedError, match="granted QoS 0"),
+    ):
+        subscriber.wait_subscribed(10)
+
+
+@pytest.mark.parametrize("topic_filter", ["$share/onlygroup", "a/#/b", "a+", ""])
+def test_a_malformed_filter_is_refused_at_the_call(mqtt_url: str, topic_filter: str) -> None:
+    with pytest.raises(iotdata.InvalidInputError):
+        connect(mqtt_url, "x", subscriptions={topic_filter: Inbox()})
+    with connect(mqtt_url, "bad-filter") as connection:
+        with pytest.raises(iotdata.InvalidInputError):
+            connection.subscribe(topic_filter, Inbox())
+        with pytest.raises(iotdata.InvalidInputError):
+            connection.publish("a/+", b"x")
+
+
+def test_a_device_keeps_refused_readings_until_the_broker_takes_them(
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
+) -> None:
+    """Not authorized (0x87): nothing is deleted from the queue; once the broker's ACL is fixed
+    (and reloaded), the readings go through."""
+    from iotdata.device import DeviceClient, QueueConfig  # noqa: PLC0415
+    from iotdata.mqtt import Topics  # noqa: PLC0415
+
+    acl = private_broker.folder / "acl"
+    acl.write_text("topic readwrite other/#\n")
+    private_broker.stop()
+    private_broker.extra_config = f"acl_file {acl}\n"
+    private_broker.start()
+    topics = Topics(unique_name)
+    inbox = Inbox()
+    client = DeviceClient.connect(
+        "pump-1", private_broker.url, queue=QueueConfig(path=tmp_path / "q.sqlite"),
+        topics=topics, linger=0.01, backoff=FAST, resend_backoff=tenacity.wait_fixed(0.2),
+    )  # fmt: skip
+    try:
+        accepted = [client.send("temp", float(i)) for i in range(50)]
+        with pytest.raises(TimeoutError):
+            client.flush(2)
+        stats = client.statistics()
+        assert stats.refused >= 1 and stats.queued == 50
+        assert stats.last_refusal is not None and "not authorized (0x87)" in stats.last_refusal
+        acl.write_text(f"topic readwrite {unique_name}/#\n")
+        assert private_broker.process is not None
+        private_broker.process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
+        with connect(
+            private_broker.url, "cloud", subscriptions={topics.all_telemetry(): inbox}
+        ) as cloud:
+            cloud.wait_subscribed(10)
+            client.flush(30)
+            seqs = sorted(s for _, p in inbox.wait_for(1) for s in codec.decode(p).columns[0].seq)
+            assert seqs == accepted
+    finally:
+        client.close()
