@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import shutil
@@ -508,32 +509,34 @@ async def _bridge(demo: _Demo, out: Path, stack: contextlib.AsyncExitStack) -> _
     broker = LocalBroker()
     stack.callback(broker.close)
     loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[str, bytes, int] | None] = asyncio.Queue()
 
     def arrived(message: Any) -> None:  # on the broker's thread
-        loop.call_soon_threadsafe(inbox.put_nowait, (message.topic, bytes(message.payload)))
+        item = (message.topic, bytes(message.payload), message.mid)
+        loop.call_soon_threadsafe(inbox.put_nowait, item)
 
-    cloud = broker.connect("iotdata-demo-bridge")
+    # the broker counts a message as taken (and the device deletes it) only on our ack: after
+    # the log (or Kafka) acknowledged the frame
+    cloud = broker.connect("iotdata-demo-bridge", manual_ack=True)
     cloud.subscribe(demo.topics.all_telemetry(), arrived)
-    marker_topic = f"{demo.topics.prefix}/_bridge/marker"
-    cloud.subscribe(marker_topic, arrived)
     router = Router(topics=demo.topics, kafka=kafka_topics)
     counts = demo.counts
-    markers: dict[bytes, asyncio.Future[None]] = {}
-    sent: list[asyncio.Future[Any]] = []
+
+    def acked(mid: int, delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and delivery.exception() is None:
+            cloud.ack(mid)  # otherwise the device keeps the frame and sends it again
 
     async def bridge() -> None:
         while (item := await inbox.get()) is not None:
-            topic, payload = item
-            if topic == marker_topic:
-                markers.pop(payload).set_result(None)
-                continue
+            topic, payload, mid = item
             route = router.route(topic, payload)
             if route.kind != "telemetry":
                 counts.dead += 1  # the gateway would dead-letter it; nothing is
+                cloud.ack(mid)
                 continue
             key = route.key or b""
-            sent.append(await producer.send(route.topic, key, payload, headers=route.headers))
+            delivery = await producer.send(route.topic, key, payload, headers=route.headers)
+            delivery.add_done_callback(functools.partial(acked, mid))
             counts.frames += 1
             counts.wire_bytes += len(payload)
 
@@ -546,17 +549,11 @@ async def _bridge(demo: _Demo, out: Path, stack: contextlib.AsyncExitStack) -> _
     stack.push_async_callback(stop_bridge)
 
     async def delivered() -> int:
-        # the devices are done and everything they published is in the broker's queue; a
-        # marker sent behind it comes out after the last frame
-        token = uuid.uuid4().hex.encode()
-        markers[token] = loop.create_future()
-        cloud.publish(marker_topic, token)
-        await asyncio.wait({markers[token], task}, return_when=asyncio.FIRST_COMPLETED)
+        # the devices flushed: the bridge acknowledged every frame, so the log has them all
         if task.done():
             task.result()
             raise RuntimeError("the demo's bridge stopped early")
         await producer.flush(60)
-        await asyncio.gather(*sent)
         return counts.frames
 
     return _Transport(source, broker, delivered)
