@@ -14,6 +14,10 @@ What is measured, side by side in one run:
   at a time (one durable write each), for applications that read sensors in groups.
 * ``enqueue``: the durable queue alone, readings per second through ``ReadingQueue.put`` of
   100 readings at a time and of 1 reading at a time (each put is one committed transaction).
+* Throughout the delivery measurements a subscriber of ``bench/#`` (another process, QoS 0)
+  takes the messages, as a gateway would: a broker with no subscriber drops telemetry and
+  answers "no matching subscribers" (0x10), which the device client does not count as
+  delivery.
 * ``idle``: resident memory of a connected, idle client (a fresh process), and the time of
   ``import iotdata.device`` in a fresh interpreter with the package's bytecode compiled, as
   ``pip install`` leaves it (best of 5).
@@ -26,6 +30,7 @@ Run from the repository root, with the services up (``scripts/services.sh up``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +173,35 @@ def import_time() -> float:
     return min(times[1:])
 
 
+SUBSCRIBER = """
+import sys
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+host, port = sys.argv[1].split("://", 1)[1].rsplit(":", 1)
+client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-subscriber")
+client.on_connect = lambda c, u, f, r, p: c.subscribe("bench/#", qos=0)
+client.on_subscribe = lambda c, u, m, r, p: print("ready", flush=True)
+client.connect(host, int(port))
+client.loop_forever()
+"""
+
+
+@contextlib.contextmanager
+def subscriber(url: str) -> Iterator[None]:
+    """A process subscribed to ``bench/#`` (what a gateway would be), for the block."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the bench/# subscriber did not subscribe on {url}")
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
 def record(case: str, impl: str, metric: str, value: float) -> dict[str, Any]:
     return {"case": case, "impl": impl, "metric": metric, "value": value}
 
@@ -197,14 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(scratch)
         print("delivered readings/s at QoS 1 ...", file=sys.stderr)
         # Best of a few runs on each side: the loaded 2-core machine makes single runs noisy.
-        paho_per_s = max(paho_rate(args.mqtt, args.readings) for _ in range(args.repeats))
-        device_per_s = max(
-            device_rate(args.mqtt, args.readings, folder / f"send{i}") for i in range(args.repeats)
-        )
-        many_per_s = max(
-            device_rate(args.mqtt, args.readings * 5, folder / f"many{i}", group=100)
-            for i in range(args.repeats)
-        )
+        with subscriber(args.mqtt):
+            paho_per_s = max(paho_rate(args.mqtt, args.readings) for _ in range(args.repeats))
+            device_per_s = max(
+                device_rate(args.mqtt, args.readings, folder / f"send{i}")
+                for i in range(args.repeats)
+            )
+            many_per_s = max(
+                device_rate(args.mqtt, args.readings * 5, folder / f"many{i}", group=100)
+                for i in range(args.repeats)
+            )
         print("durable enqueue ...", file=sys.stderr)
         put100 = enqueue_rate(folder, 200_000, 100)
         put1 = enqueue_rate(folder, 20_000, 1)

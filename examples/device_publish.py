@@ -4,7 +4,9 @@
 
 Readings are committed to a local queue before `send` returns and leave it only when the
 broker acknowledged them, so this program can be killed at any moment and restarted: nothing
-accepted is lost. A deadband keeps flat readings off the network, with a heartbeat.
+accepted is lost. A deadband keeps flat readings off the network, with a heartbeat. Run a
+gateway (`iotdata gateway`) or another subscriber of `iotdata/+/telemetry` first: a broker
+with no subscriber drops telemetry ("no matching subscribers"), so the client keeps it queued.
 """
 
 from __future__ import annotations

@@ -177,12 +177,16 @@ class Column:
                     f"column {self.metric!r}: int values must lie in [-2**63, 2**64-1]"
                 )
         if str in kinds:
-            longest = max(len(v) for v in self.values if type(v) is str)
+            strings = [v for v in self.values if type(v) is str]
+            longest = max(map(len, strings))
             if longest > MAX_STRING_LENGTH:
                 raise InvalidInputError(
                     f"column {self.metric!r}: string values are limited to "
                     f"{MAX_STRING_LENGTH} characters, got {longest}"
                 )
+            for text in strings:
+                if not text.isascii():
+                    _check_utf8(self.metric, text)
 
     @classmethod
     def _trusted(
@@ -198,6 +202,16 @@ class Column:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+
+def _check_utf8(metric: str, text: str) -> None:
+    """Strings travel as UTF-8: one with a lone surrogate cannot be encoded."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidInputError(
+            f"column {metric!r}: string values must be valid Unicode (no lone surrogates): {text!r}"
+        ) from None
 
 
 def _columns(columns: Iterable[Column]) -> tuple[Column, ...]:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from iotdata.mqtt import Topics
+from tests._helpers import Collector
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,10 +30,15 @@ def run_example(name: str, *options: str, timeout: float = 180) -> str:
 @pytest.mark.mqtt
 def test_device_publish(mqtt_url: str, tmp_path: Path, unique_name: str) -> None:
     options = ["--device", unique_name, "--queue", str(tmp_path / "q"), "--readings", "300"]
-    output = run_example("device_publish", "--mqtt", mqtt_url, *options)
-    acknowledged = int(output.split()[0])
-    assert 300 <= acknowledged <= 600  # every humidity reading, temperatures past the deadband
-    assert output.rstrip().endswith("0 queued")
+    cloud = Collector(mqtt_url, Topics(), f"{unique_name}-cloud")  # what a gateway would be
+    try:
+        output = run_example("device_publish", "--mqtt", mqtt_url, *options)
+        acknowledged = int(output.split()[0])
+        assert 300 <= acknowledged <= 600  # every humidity reading, temperatures past the deadband
+        assert output.rstrip().endswith("0 queued")
+        cloud.wait_for({(unique_name, seq) for seq in range(acknowledged)})
+    finally:
+        cloud.close()
 
 
 @pytest.mark.mqtt

@@ -8,6 +8,13 @@ queue when the broker acknowledged all of its messages; when the connection drop
 goes back and is sent again after reconnecting. So a reading can arrive twice, never zero
 times; ``(device_id, seq)`` tells the copies apart downstream.
 
+A PUBACK is delivery only with reason 0x00. When the broker answers "no matching subscribers"
+(MQTT 5 reason 0x10: it dropped the message, as Mosquitto does after a restart until the
+gateways' shared subscriptions are back) or refuses the message (0x80 and above: not
+authorized, quota exceeded, ...), the readings stay queued and are sent again after a
+full-jitter backoff (``resend_backoff``), counted in :attr:`DeviceStats.refused`. Under MQTT
+3.1.1 there are no reason codes: see docs/device.md for what that can cost.
+
 One implementation serves plain scripts and asyncio: the blocking methods have ``a``-prefixed
 twins that run them in a worker thread, so an event loop never waits on disk or network.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,13 +35,34 @@ import attrs
 from iotdata import codec
 from iotdata.device._operators import EdgeOperator, EdgeReading
 from iotdata.device._queue import Lease, QueueConfig, QueueStats, ReadingQueue
-from iotdata.errors import ClosedError, ConnectionLostError, InvalidInputError
-from iotdata.model import Batch, Column, Value, validate_device_id
-from iotdata.mqtt import Delivery, MqttSettings, Topics, Will
+from iotdata.errors import (
+    ClosedError,
+    ConnectionLostError,
+    InvalidInputError,
+    NoSubscribersError,
+    PublishRefusedError,
+)
+from iotdata.model import (
+    MAX_NAME_LENGTH,
+    MAX_STRING_LENGTH,
+    Batch,
+    Column,
+    Value,
+    validate_device_id,
+)
+from iotdata.mqtt import (
+    Delivery,
+    MqttSettings,
+    Topics,
+    Will,
+    backoff_delay,
+    refusal_backoff,
+)
 
 if TYPE_CHECKING:
     # The transports load paho-mqtt (or the in-process broker) when a client connects.
     import paho.mqtt.client as paho
+    import tenacity
 
     from iotdata.mqtt import LocalBroker, LocalConnection, MqttConnection
 
@@ -64,6 +93,31 @@ class DeviceStats:
     reconnects: int
     connected: bool
     last_error: str | None
+    #: Telemetry messages the broker acknowledged without taking them on (no matching
+    #: subscribers, or a refusal such as not authorized); their readings were kept and resent.
+    refused: int = 0
+    #: Readings set aside because one alone is over the broker's packet limit
+    #: (:meth:`~iotdata.device.ReadingQueue.quarantined` lists them).
+    quarantined: int = 0
+    #: The last refusal, e.g. "no matching subscribers (0x10)", if any.
+    last_refusal: str | None = None
+
+
+#: What DeviceClient.connect takes besides the device id, the broker and the queue.
+_OPTIONS = frozenset(
+    {
+        "topics",
+        "edge",
+        "dictionary",
+        "batch_size",
+        "linger",
+        "max_in_flight",
+        "clock",
+        "require_subscriber",
+        "resend_backoff",
+        "backoff",
+    }
+)
 
 
 def _now_us() -> int:
@@ -83,6 +137,15 @@ class _Sending:
     lease: Lease
     waiting: int
     failed: bool = False
+    #: The first refusal among its messages (a PUBACK that is not delivery), if any.
+    refusal: PublishRefusedError | None = None
+
+
+def _worst_frame(device_id: str) -> int:
+    """A bound on the frame of one reading: the longest metric name and string value in the
+    widest characters, the device id, and room for the envelope, ts, seq and msgpack headers
+    (the codec never stores a body larger than its uncompressed form)."""
+    return 4 * (MAX_NAME_LENGTH + MAX_STRING_LENGTH) + len(device_id.encode()) + 128
 
 
 @attrs.define
@@ -104,6 +167,12 @@ class DeviceClient:
     linger: float = 0.5
     max_in_flight: int = 8
     clock: Callable[[], int] = _now_us
+    #: Keep telemetry acknowledged with "no matching subscribers" (0x10) queued and resend it
+    #: (the default). False accepts 0x10 as delivery: only for a broker that consumes telemetry
+    #: without MQTT subscriptions (a rules engine) and still answers 0x10.
+    require_subscriber: bool = True
+    #: A tenacity wait: how long to hold back after the broker refused telemetry.
+    resend_backoff: tenacity.wait.wait_base | None = None
     _connection: MqttConnection | LocalConnection | None = attrs.field(default=None, init=False)
     _encoder: codec.Encoder = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -120,15 +189,37 @@ class DeviceClient:
     _config_handler: ConfigHandler | None = attrs.field(default=None, init=False)
     _config_version: int | None = attrs.field(default=None, init=False)
     _config_pending: tuple[Any, int] | None = attrs.field(default=None, init=False)
+    #: Refusals in a row (reset by a delivery), what the resend backoff grows with.
+    _refusals: int = attrs.field(default=0, init=False)
+    _refused: int = attrs.field(default=0, init=False)
+    _last_refusal: str | None = attrs.field(default=None, init=False)
+    #: No new lease goes out before this (time.monotonic()), after a refusal.
+    _hold_until: float = attrs.field(default=0.0, init=False)
+    _quarantined: int = attrs.field(default=0, init=False)
+    #: Payload room a single reading may need at most; a smaller limit checks each reading.
+    _worst_frame: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         validate_device_id(self.device_id)
         if type(self.batch_size) is not int or self.batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.linger < 0 or self.max_in_flight < 1:
-            raise InvalidInputError("linger must be >= 0 and max_in_flight >= 1")
+        if type(self.linger) not in (int, float) or not 0 <= self.linger < math.inf:
+            raise InvalidInputError(f"linger must be a finite number >= 0, got {self.linger!r}")
+        if type(self.max_in_flight) is not int or self.max_in_flight < 1:
+            raise InvalidInputError(
+                f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}"
+            )
+        if not callable(self.clock):
+            raise InvalidInputError(f"clock must be callable, got {self.clock!r}")
+        if self.dictionary is not None and not isinstance(self.dictionary, codec.Dictionary):
+            raise InvalidInputError(f"dictionary must be a codec.Dictionary: {self.dictionary!r}")
+        if self.edge is not None and not callable(getattr(self.edge, "process", None)):
+            raise InvalidInputError(f"edge must be an edge operator, got {self.edge!r}")
+        if not isinstance(self.topics, Topics):
+            raise InvalidInputError(f"topics must be a Topics, got {self.topics!r}")
         self._encoder = codec.Encoder(dictionary=self.dictionary)
         self._wake = threading.Condition(self._lock)
+        self._worst_frame = _worst_frame(self.device_id)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -149,9 +240,12 @@ class DeviceClient:
         Other options: ``topics``, ``edge``, ``dictionary``, ``batch_size``, ``linger``,
         ``max_in_flight``, and ``backoff`` (a tenacity wait) for the reconnect loop.
         """
-        settings: MqttSettings | LocalBroker = (
-            MqttSettings.from_url(mqtt) if isinstance(mqtt, str) else mqtt
-        )
+        settings = _link(mqtt)
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise InvalidInputError(
+                f"unknown DeviceClient option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}"
+            )
         backoff = options.pop("backoff", None)
         store = ReadingQueue.open(validate_device_id(device_id), queue or QueueConfig())
         try:
@@ -166,7 +260,12 @@ class DeviceClient:
         will = Will(self.topics.state(self.device_id), _state(online=False), retain=True)
         events = {"on_connect": self._on_connect, "on_disconnect": self._on_disconnect}
         if not isinstance(self.settings, MqttSettings):
-            self._connection = self.settings.connect(self.device_id, will=will, **events)
+            self._connection = self.settings.connect(
+                self.device_id,
+                will=will,
+                on_connect=self._on_connect,
+                on_disconnect=self._on_disconnect,
+            )
         else:
             from iotdata.mqtt._connection import MqttConnection  # noqa: PLC0415
 
@@ -245,6 +344,8 @@ class DeviceClient:
         if self.edge is None:  # the fast path: the queue validates and journals one reading
             if self._closed:
                 raise ClosedError(f"device client {self.device_id} is closed")
+            if self._worst_frame > self._payload_room():
+                self._check_fits(_check_reading(metric, value, moment))
             return self.queue.append(metric, moment, value)  # the sender polls for it
         return self._put(self._edge_process(_check_reading(metric, value, moment)))
 
@@ -252,9 +353,17 @@ class DeviceClient:
         self, readings: Iterable[tuple[str, Value] | tuple[str, Value, int]]
     ) -> int | None:
         """Accept several ``(metric, value[, ts])`` readings in one durable write."""
+        if isinstance(readings, (str, bytes, bytearray, Mapping)) or not isinstance(
+            readings, Iterable
+        ):
+            raise InvalidInputError(
+                f"send_many takes an iterable of (metric, value[, ts]), not {readings!r}"
+            )
         now = self.clock()
         out: list[tuple[str, int, Value]] = []
         for reading in readings:
+            if not isinstance(reading, (tuple, list)) or len(reading) not in (2, 3):
+                raise InvalidInputError(f"a reading is (metric, value[, ts]), not {reading!r}")
             ts = reading[2] if len(reading) > 2 else now
             checked = _check_reading(reading[0], reading[1], ts)
             out.extend(self._edge_process(checked))
@@ -278,9 +387,34 @@ class DeviceClient:
             raise ClosedError(f"device client {self.device_id} is closed")
         if not readings:
             return None
+        if self._worst_frame > self._payload_room():
+            for reading in readings:
+                self._check_fits(reading)
         first = self.queue.put(readings)
         self._notify_sender()
         return first
+
+    def _payload_room(self) -> int:
+        """Bytes a telemetry frame may take: the packet limit less the topic and headers."""
+        connection = self._connection
+        limit = (
+            connection.max_packet_size
+            if connection is not None
+            else getattr(self.settings, "max_packet_size", 0)
+        )
+        return int(limit) - len(self.topics.telemetry(self.device_id)) - 32
+
+    def _check_fits(self, reading: tuple[str, int, Value]) -> None:
+        """Refuse a reading that alone would encode over the packet limit: it could never be
+        sent (only a small ``max_packet_size`` makes this possible)."""
+        metric, ts, value = reading
+        frame = self._encoder.encode(Batch(self.device_id, [Column(metric, (ts,), (value,), (0,))]))
+        room = self._payload_room()
+        if len(frame) > room:
+            raise InvalidInputError(
+                f"a reading of {metric!r} encodes to {len(frame)} bytes, over the "
+                f"{room} a message may carry under the packet limit"
+            )
 
     def _notify_sender(self) -> None:
         """Wake the sender when it may have to act now (a full batch, or a flush)."""
@@ -333,6 +467,8 @@ class DeviceClient:
         queue: QueueStats = self.queue.statistics()
         connection = self._live_connection().statistics()
         edge = self.edge.statistics() if self.edge is not None else {}
+        with self._lock:
+            refused, last_refusal = self._refused, self._last_refusal
         return DeviceStats(
             queued=queue.queued,
             in_flight=queue.in_flight,
@@ -342,6 +478,9 @@ class DeviceClient:
             reconnects=max(connection.connects - 1, 0),
             connected=connection.connected,
             last_error=connection.last_error,
+            refused=refused,
+            quarantined=queue.quarantined,
+            last_refusal=last_refusal,
         )
 
     def _live_connection(self) -> MqttConnection | LocalConnection:
@@ -352,12 +491,20 @@ class DeviceClient:
     # ------------------------------------------------------------------ the sender thread
 
     def _send_loop(self) -> None:
-        try:
-            self._send_batches()
-        except ClosedError:  # the queue closed under us: only on shutdown
-            log.debug("sender of %s stopped: queue closed", self.device_id)
-        except Exception:
-            log.exception("sender of %s failed", self.device_id)
+        """The sender thread: it ends only when the client closes. An unexpected failure (a
+        full disk under the queue, say) is logged and retried after a pause."""
+        failures = 0
+        while True:
+            try:
+                self._send_batches()
+                return
+            except ClosedError:  # noqa: PERF203 (the queue closed under us: only on shutdown)
+                log.debug("sender of %s stopped: queue closed", self.device_id)
+                return
+            except Exception:
+                failures += 1
+                log.exception("sender of %s failed; trying again", self.device_id)
+                self._pause(min(30.0, 0.1 * 2 ** min(failures, 9)))
 
     def _send_batches(self) -> None:
         waiting_since: float | None = None
@@ -366,9 +513,10 @@ class DeviceClient:
                 if self._closing:
                     return
                 busy = len(self._sending) >= self.max_in_flight or not self.connected
+                held = self._hold_until - time.monotonic()
                 flushing = self._flushing > 0
-            if busy:
-                self._pause(0.05)
+            if busy or held > 0:
+                self._pause(0.05 if busy else min(held, 0.05))
                 continue
             stats = self.queue.statistics()
             pending = stats.queued - stats.in_flight
@@ -394,7 +542,15 @@ class DeviceClient:
     def _publish(self, lease: Lease) -> None:
         connection = self._live_connection()
         topic = self.topics.telemetry(self.device_id)
-        frames = self._frames(lease.batch, connection.max_packet_size - len(topic) - 32)
+        room = connection.max_packet_size - len(topic) - 32
+        frames: list[bytes] = []
+        too_large: list[Batch] = []
+        self._frames(lease.batch, room, frames, too_large)
+        for reading in too_large:
+            self._quarantine(reading, room)
+        if not frames:
+            self.queue.ack(lease)
+            return
         sending = _Sending(lease, len(frames))
         with self._lock:
             self._sending[lease.id] = sending
@@ -409,33 +565,83 @@ class DeviceClient:
     def _settle(self, sending: _Sending) -> Callable[[Delivery], None]:
         return lambda delivery: self._finish(sending, delivery.error())
 
-    def _frames(self, batch: Batch, limit: int) -> list[bytes]:
-        """Encoded frames of ``batch``, halving it until each fits ``limit`` bytes."""
+    def _frames(
+        self, batch: Batch, limit: int, frames: list[bytes], too_large: list[Batch]
+    ) -> None:
+        """Encode ``batch`` into ``frames``, halving it until each fits ``limit`` bytes; a single
+        reading that does not fit goes to ``too_large``."""
         frame = self._encoder.encode(batch)
         if len(frame) <= limit:
-            return [frame]
+            frames.append(frame)
+            return
         halves = _halves(batch)
         if halves is None:
-            raise InvalidInputError(f"one reading encodes to {len(frame)} bytes, over {limit}")
-        return [f for half in halves for f in self._frames(half, limit)]
+            too_large.append(batch)
+            return
+        for half in halves:
+            self._frames(half, limit, frames, too_large)
+
+    def _quarantine(self, reading: Batch, room: int) -> None:
+        """Set aside a reading the broker's packet limit (lowered since it was accepted) leaves
+        no room for; it leaves the queue with its lease, so it never blocks the others."""
+        [column] = reading.columns
+        reason = f"over the broker's packet limit ({room} bytes of payload)"
+        self.queue.quarantine(reading, reason)
+        with self._lock:
+            self._quarantined += 1
+        log.error(
+            "%s: reading seq %s of %r quarantined: %s",
+            self.device_id,
+            column.seq[0],
+            column.metric,
+            reason,
+        )
 
     def _finish(self, sending: _Sending, error: BaseException | None) -> None:
         """One message of a lease done: ack the lease after the last, release it on failure."""
+        if isinstance(error, NoSubscribersError) and not self.require_subscriber:
+            error = None
         with self._lock:
             sending.waiting -= 1
             sending.failed = sending.failed or error is not None
+            if isinstance(error, PublishRefusedError) and sending.refusal is None:
+                sending.refusal = error
             if sending.waiting > 0 and not sending.failed:
                 return
             if self._sending.pop(sending.lease.id, None) is None:
                 return  # settled already (a failure before the last ack)
         if sending.failed:
             self.queue.release(sending.lease)
+            if sending.refusal is not None:
+                self._hold_back(sending.refusal)
         else:
             self.queue.ack(sending.lease)
             with self._lock:
                 self._acknowledged += sending.lease.readings
+                self._refusals = 0
         with self._lock:
             self._wake.notify_all()
+
+    def _hold_back(self, refusal: PublishRefusedError) -> None:
+        """The broker did not take telemetry on: keep it queued and resend after a backoff."""
+        wait = self.resend_backoff if self.resend_backoff is not None else refusal_backoff()
+        with self._lock:
+            self._refused += 1
+            self._refusals += 1
+            self._last_refusal = str(refusal)
+            attempt = self._refusals
+        delay = backoff_delay(wait, attempt)
+        with self._lock:
+            self._hold_until = max(self._hold_until, time.monotonic() + delay)
+        level = logging.WARNING if attempt == 1 or attempt % 100 == 0 else logging.DEBUG
+        log.log(
+            level,
+            "%s: %s; readings kept, resent in %.2f s (refusal %d in a row)",
+            self.device_id,
+            refusal,
+            delay,
+            attempt,
+        )
 
     # ------------------------------------------------------------------ connection events
 
@@ -536,6 +742,21 @@ class DeviceClient:
             connection.publish(topic, payload, qos=1, retain=retain)
         except (ConnectionLostError, ClosedError):
             log.warning("reply to %s lost with the connection", topic)
+
+
+def _link(mqtt: object) -> MqttSettings | LocalBroker:
+    """What ``DeviceClient.connect`` was given to connect to, checked."""
+    if isinstance(mqtt, str):
+        return MqttSettings.from_url(mqtt)
+    if isinstance(mqtt, MqttSettings):
+        return mqtt
+    from iotdata.mqtt._local import LocalBroker  # noqa: PLC0415 (the embedded default only)
+
+    if isinstance(mqtt, LocalBroker):
+        return mqtt
+    raise InvalidInputError(
+        f"mqtt must be a broker URL, MqttSettings or a LocalBroker, not {type(mqtt).__name__}"
+    )
 
 
 def _state(*, online: bool) -> bytes:

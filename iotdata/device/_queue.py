@@ -158,6 +158,9 @@ class QueueStats:
     expired: int
     #: The seq the next reading will get.
     next_seq: int
+    #: Readings set aside because they could not be sent (see :meth:`ReadingQueue.quarantine`),
+    #: stored ones of earlier runs included.
+    quarantined: int = 0
 
 
 @attrs.frozen
@@ -216,6 +219,7 @@ class ReadingQueue:
     _closed: bool = attrs.field(default=False, init=False)
     _last_warning: float = attrs.field(default=-math.inf, init=False)
     _journal: Journal | None = attrs.field(default=None, init=False)
+    _quarantined: int = attrs.field(default=0, init=False)
 
     @classmethod
     def open(
@@ -249,6 +253,7 @@ class ReadingQueue:
         store.seq_limit = next_seq = max(store.seq_limit, end, first)
         queue = cls(device_id, config, store, clock, next_seq, created, readings, size)
         queue._journal = store.open_journal()
+        queue._quarantined = len(store.quarantined())
         return queue
 
     def __repr__(self) -> str:
@@ -390,6 +395,30 @@ class ReadingQueue:
             if chunks:
                 self._make_pending(chunks)
 
+    def quarantine(self, batch: Batch, reason: str) -> None:
+        """Set the readings of ``batch`` (lent in a lease) aside in the ``quarantine`` table.
+
+        For readings that can never be sent (one alone is over the broker's packet limit): they
+        are kept, counted in :attr:`QueueStats.quarantined` and listed by :meth:`quarantined`,
+        and leave the queue when their lease is acknowledged, so they never block the readings
+        behind them. Quarantining the same seq twice keeps one copy.
+        """
+        rows = [
+            (seq, column.metric, ts, value)
+            for column in batch.columns
+            for ts, value, seq in zip(column.ts, column.values, column.seq, strict=True)
+        ]
+        with self._cond:
+            self._check_open()
+            self._store.quarantine(rows, reason)
+            self._quarantined = len(self._store.quarantined())
+
+    def quarantined(self) -> list[tuple[int, str, int, Value, str]]:
+        """The quarantined readings, oldest seq first: ``(seq, metric, ts, value, reason)``."""
+        with self._cond:
+            self._check_open()
+            return self._store.quarantined()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until some reading is pending (True) or ``timeout`` seconds passed (False).
 
@@ -414,6 +443,7 @@ class ReadingQueue:
                 dropped=self._dropped,
                 expired=self._expired,
                 next_seq=self._next_seq,
+                quarantined=self._quarantined,
             )
 
     def close(self) -> None:

@@ -29,6 +29,10 @@ queues (``path=None``) are the same code on an SQLite ``:memory:`` database. Two
   reading); the codec runs once, on the batch that goes on the wire.
 * ``meta``: the device id (a file of another device is refused), the schema version, and
   ``seq_limit``, a bound above every seq ever handed out.
+* ``quarantine(seq, metric, ts, value, reason)``, made on first use: readings the client could
+  not send at all (one reading alone over the broker's packet limit), kept for inspection
+  instead of blocking the queue; ``value`` is msgpack, keyed by seq so storing one twice (a
+  crash between quarantine and ack) keeps one row.
 
 Sequence numbers never go backwards: before a seq at or above ``seq_limit`` is handed out,
 :meth:`Store.cover` commits a new limit (about a million higher) with ``synchronous=FULL`` (an
@@ -114,6 +118,12 @@ _SCAN = "SELECT first_seq, readings, size, created FROM chunks WHERE first_seq >
 _FRAMES = "SELECT first_seq, frame FROM chunks WHERE first_seq BETWEEN ? AND ?"
 _TOTALS = "SELECT coalesce(sum(readings), 0), coalesce(sum(size), 0) FROM chunks"
 _LAST = "SELECT first_seq + readings, created FROM chunks ORDER BY first_seq DESC LIMIT 1"
+_QUARANTINE = (
+    "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, metric TEXT NOT NULL,"
+    " ts INTEGER NOT NULL, value BLOB NOT NULL, reason TEXT NOT NULL)"
+)
+_QUARANTINE_PUT = "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?)"
+_QUARANTINE_READ = "SELECT seq, metric, ts, value, reason FROM quarantine ORDER BY seq"
 
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
@@ -412,6 +422,20 @@ class Store:
             tx.executemany(_INSERT, rows)
         log.info("recovered %d readings from %s", len(fresh), self.where)
 
+    def quarantine(self, readings: Sequence[tuple[int, str, int, Value]], reason: str) -> None:
+        """Keep ``(seq, metric, ts, value)`` readings aside, with the reason (one transaction)."""
+        rows = [(seq, m, ts, msgpack.packb(v), reason) for seq, m, ts, v in readings]
+        with self.transaction() as tx:
+            tx.execute(_QUARANTINE)
+            tx.executemany(_QUARANTINE_PUT, rows)
+
+    def quarantined(self) -> list[tuple[int, str, int, Value, str]]:
+        """The quarantined readings, by seq: ``(seq, metric, ts, value, reason)``."""
+        with _storage_errors(self.where):
+            self.conn.execute(_QUARANTINE)
+            rows = self.conn.execute(_QUARANTINE_READ).fetchall()
+        return [(seq, m, ts, msgpack.unpackb(v), why) for seq, m, ts, v, why in rows]
+
     def cover(self, end: int) -> None:
         """Before seqs up to ``end`` (excluded) are handed out: raise seq_limit past them."""
         if end > self.seq_limit:
@@ -474,7 +498,7 @@ class Journal:
             return False
         if kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:  # type: ignore[operator]
             return False
-        if kind is str and len(value) > MAX_STRING_LENGTH:  # type: ignore[arg-type]
+        if kind is str and (len(value) > MAX_STRING_LENGTH or not value.isascii()):  # type: ignore[arg-type,union-attr]
             return False
         if metric not in self.names:
             try:

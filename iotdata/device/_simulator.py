@@ -57,9 +57,23 @@ from iotdata.device._signals import (
     save_anomalies,
     sim_device_id,
 )
-from iotdata.errors import ConnectError, ConnectionLostError, InvalidInputError, IotDataError
+from iotdata.errors import (
+    ConnectError,
+    ConnectionLostError,
+    InvalidInputError,
+    IotDataError,
+    PublishRefusedError,
+)
 from iotdata.model import Batch
-from iotdata.mqtt import Delivery, MqttConnection, MqttSettings, Topics, default_backoff
+from iotdata.mqtt import (
+    Delivery,
+    MqttConnection,
+    MqttSettings,
+    Topics,
+    backoff_delay,
+    default_backoff,
+    refusal_backoff,
+)
 
 # With the signal names, which iotdata.device (loading lazily) takes from this module too.
 __all__ = [
@@ -149,6 +163,9 @@ class _Link:
     connection: MqttConnection
     in_flight: set[_Pending] = attrs.field(factory=set)
     retry: list[_Pending] = attrs.field(factory=list)
+    #: Refusals in a row (no matching subscribers, a quota), and no resend before this.
+    refusals: int = 0
+    hold_until: float = 0.0
 
     def load(self) -> int:
         return len(self.in_flight) + len(self.retry)
@@ -217,6 +234,9 @@ class FleetSimulator:
     stall_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: How long the connections wait between attempts to reconnect (a tenacity wait).
     backoff: tenacity.wait.wait_base = attrs.field(factory=default_backoff)
+    #: How long a connection holds back its frames after the broker did not take one on (no
+    #: matching subscribers, a quota): they are kept and sent again (a tenacity wait).
+    resend_backoff: tenacity.wait.wait_base = attrs.field(factory=refusal_backoff)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     wall_clock: Callable[[], int] = _now_us
@@ -231,6 +251,7 @@ class FleetSimulator:
     _ended: float | None = attrs.field(default=None, init=False)
     _start_us: int = attrs.field(default=0, init=False)
     _last_ack: float = attrs.field(default=0.0, init=False)
+    _refusal: str | None = attrs.field(default=None, init=False)
     _progress: Callable[[SimulationSummary], None] | None = attrs.field(default=None, init=False)
     _progress_every: float = attrs.field(default=5.0, init=False)
     _next_report: float = attrs.field(default=0.0, init=False)
@@ -448,12 +469,19 @@ class FleetSimulator:
             if pending.attempt != attempt or pending not in link.in_flight:
                 return  # given up as orphaned meanwhile (see _reclaim)
             link.in_flight.discard(pending)
-            if delivery.error() is None:
+            error = delivery.error()
+            if error is None:
                 self._counts["acknowledged"] += pending.readings
                 self._last_ack = time.monotonic()
+                link.refusals = 0
             else:
                 link.retry.append(pending)
                 self._counts["held"] += 1
+                if isinstance(error, PublishRefusedError):  # kept, and sent again later
+                    self._refusal = str(error)
+                    link.refusals += 1
+                    delay = backoff_delay(self.resend_backoff, link.refusals)
+                    link.hold_until = max(link.hold_until, time.monotonic() + delay)
             self._cond.notify_all()
 
     def _resend(self) -> None:
@@ -479,7 +507,7 @@ class FleetSimulator:
             log.warning("simulator: %d frames lost track of with a connection", len(orphans))
 
     def _resend_on(self, link: _Link) -> None:
-        if not link.connection.connected:
+        if not link.connection.connected or time.monotonic() < link.hold_until:
             return
         with self._cond:
             frames, link.retry = link.retry, []
@@ -498,6 +526,8 @@ class FleetSimulator:
         self._report()
         if stalled > self.stall_timeout:
             errors = {link.connection.statistics().last_error for link in self._links} - {None}
+            if self._refusal is not None:
+                errors.add(f"{self._refusal}; is a gateway subscribed?")
             reason = f" ({'; '.join(sorted(map(str, errors)))})" if errors else ""
             raise ConnectError(
                 f"{self.mqtt.url} acknowledged nothing for {self.stall_timeout:g} s{reason}"

@@ -7,13 +7,16 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tenacity
 
+from iotdata import codec
 from iotdata.device import DeviceClient, QueueConfig
 from iotdata.mqtt import MqttConnection, MqttSettings, Topics
 from tests._brokers import PrivateBroker
@@ -112,6 +115,7 @@ def test_a_broker_outage_loses_nothing(
 
 CHILD = """
 import sys, time
+from iotdata import codec
 from iotdata.device import DeviceClient, QueueConfig
 from iotdata.mqtt import Topics
 url, prefix, path = sys.argv[1:4]
@@ -233,3 +237,108 @@ def test_asyncio_use_does_not_block_the_loop(mqtt_url: str, unique_name: str) ->
     assert None not in accepted
     collector.wait_for({("pump-6", s) for s in accepted})  # type: ignore[misc]
     collector.close()
+
+
+class Subscriber:
+    """A gateway's MQTT side without Kafka: a persistent session on ``topic_filter`` that
+    records every (device, seq) it receives, reconnecting only after ``reconnect_after`` s."""
+
+    def __init__(self, url: str, client_id: str, topic_filter: str, reconnect_after: float):
+        self.seqs: list[tuple[str, int]] = []
+        self._cond = threading.Condition()
+        self.connection = MqttConnection.start(
+            MqttSettings.from_url(url),
+            client_id,
+            clean_start=False,
+            session_expiry=3600,
+            backoff=tenacity.wait_fixed(reconnect_after),
+            subscriptions={topic_filter: self._arrive},
+        )
+        self.connection.wait_subscribed(10)
+
+    def _arrive(self, message: Any) -> None:
+        batch = codec.decode(message.payload)
+        with self._cond:
+            self.seqs.extend((batch.device_id, seq) for c in batch.columns for seq in c.seq)
+            self._cond.notify_all()
+
+    def wait_for(self, expected: set[tuple[str, int]], timeout: float = 60) -> None:
+        with self._cond:
+            done = self._cond.wait_for(lambda: expected <= set(self.seqs), timeout)
+            missing = expected - set(self.seqs)
+        assert done, f"{len(missing)} accepted readings lost, e.g. {sorted(missing)[:5]}"
+
+
+def send_through_a_broker_restart(
+    broker: PrivateBroker, client: DeviceClient, subscriber: Subscriber
+) -> list[int]:
+    """Send readings before, during and after a restart of the broker; the accepted seqs."""
+    accepted = [client.send("temp", float(i)) for i in range(200)]
+    client.flush(30)
+    broker.stop()
+    broker.start()
+    client.wait_connected(20)  # the device is back long before the subscriber
+    deadline = time.monotonic() + 10
+    while not subscriber.connection.connected and time.monotonic() < deadline:
+        accepted.append(client.send("temp", 1.0))
+        time.sleep(0.005)  # a reading every 5 ms while the subscriber is away
+    accepted += [client.send("temp", 2.0) for i in range(200)]
+    client.flush(60)
+    return [seq for seq in accepted if seq is not None]
+
+
+def test_a_broker_restart_with_a_shared_subscription_loses_nothing(
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
+) -> None:
+    """Mosquitto restores a persistent session after a restart, but not its shared
+    subscriptions: until the gateway subscribes again, the device's publishes get PUBACK 0x10
+    ("no matching subscribers") and are dropped by the broker. The device keeps them queued and
+    sends them again, so every accepted reading arrives."""
+    topics = Topics(unique_name)
+    private_broker.stop()
+    private_broker.persistent = True
+    private_broker.start()
+    subscriber = Subscriber(
+        private_broker.url, f"{unique_name}-gw", topics.all_telemetry("gw"), reconnect_after=3
+    )
+    queue = QueueConfig(path=tmp_path / "q.sqlite")
+    client = DeviceClient.connect(
+        "pump-8", private_broker.url, queue=queue, topics=topics, linger=0.01, backoff=FAST,
+        resend_backoff=tenacity.wait_fixed(0.1),
+    )  # fmt: skip
+    try:
+        accepted = send_through_a_broker_restart(private_broker, client, subscriber)
+        subscriber.wait_for({("pump-8", seq) for seq in accepted})
+        stats = client.statistics()
+        assert stats.refused > 0, "the broker never answered 0x10: the test proved nothing"
+        assert stats.last_refusal is not None and "0x10" in stats.last_refusal
+    finally:
+        client.close()
+        subscriber.connection.close()
+
+
+def test_an_unshared_subscription_survives_a_restart_for_a_3_1_1_device(
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
+) -> None:
+    """Without reason codes (MQTT 3.1.1) the device cannot tell a dropped message from a
+    delivered one; an ordinary subscription of a persistent session is restored with it, and
+    the broker queues for it until the gateway is back: nothing is lost that way either."""
+    topics = Topics(unique_name)
+    private_broker.stop()
+    private_broker.persistent = True
+    private_broker.start()
+    subscriber = Subscriber(
+        private_broker.url, f"{unique_name}-gw", topics.all_telemetry(), reconnect_after=3
+    )
+    settings = MqttSettings.from_url(private_broker.url, protocol=4)
+    client = DeviceClient.connect(
+        "pump-9", settings, queue=QueueConfig(path=tmp_path / "q.sqlite"), topics=topics,
+        linger=0.01, backoff=FAST,
+    )  # fmt: skip
+    try:
+        accepted = send_through_a_broker_restart(private_broker, client, subscriber)
+        subscriber.wait_for({("pump-9", seq) for seq in accepted})
+        assert client.statistics().refused == 0
+    finally:
+        client.close()
+        subscriber.connection.close()

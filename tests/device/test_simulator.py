@@ -372,14 +372,19 @@ def test_cli_simulates_a_fleet_and_prints_a_summary(
     mqtt_url: str, unique_name: str, tmp_path: Path
 ) -> None:
     anomalies = tmp_path / "anomalies.json"
-    result = run_cli(
-        "simulate", "--devices", "50", "--readings-per-device", "10", "--mqtt", mqtt_url,
-        "--prefix", unique_name, "--anomaly-rate", "0.05", "--anomalies", str(anomalies),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
-    generated = int(lines["readings generated"].split()[0].replace(",", ""))
-    assert lines["readings acknowledged"] == f"{generated:,}"
+    received = Collector(mqtt_url, Topics(unique_name), f"{unique_name}-cloud", metric="temp")
+    try:
+        result = run_cli(
+            "simulate", "--devices", "50", "--readings-per-device", "10", "--mqtt", mqtt_url,
+            "--prefix", unique_name, "--anomaly-rate", "0.05", "--anomalies", str(anomalies),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+        generated = int(lines["readings generated"].split()[0].replace(",", ""))
+        assert lines["readings acknowledged"] == f"{generated:,}"
+        received.wait_count(generated)  # every one reached the subscriber
+    finally:
+        received.close()
     assert "on 4 connections" in lines["devices"]
     assert "bytes on the wire" in result.stdout and "duration" in lines
     events = load_anomalies(anomalies)
@@ -387,6 +392,21 @@ def test_cli_simulates_a_fleet_and_prints_a_summary(
         lines["dropouts injected"]
     )
     assert "acknowledged:" in result.stderr  # progress, one line at the end at least
+
+
+@pytest.mark.mqtt
+def test_a_fleet_nobody_subscribes_to_keeps_its_frames_and_says_why(
+    mqtt_url: str, unique_name: str
+) -> None:
+    """The broker answers "no matching subscribers" (0x10) and drops such messages: the
+    simulator keeps its frames, resends them with backoff, and its error names the cause."""
+    simulator = FleetSimulator(
+        mqtt=mqtt_url, devices=3, rate=1.0, topics=Topics(unique_name), stall_timeout=2
+    )
+    with pytest.raises(iotdata.ConnectError, match=r"no matching subscribers \(0x10\).*gateway"):
+        simulator.run(readings_per_device=5)
+    summary = simulator.snapshot()
+    assert summary.readings_acknowledged == 0
 
 
 def test_cli_reports_an_unreachable_broker_clearly() -> None:
