@@ -189,14 +189,14 @@ class Pipeline:
 
     def dedup(
         self,
-        horizon: int = 4096,
+        max_runs: int = 1024,
         *,
         max_devices: int | None = None,
-        beyond_horizon: str = "pass",
+        forgotten: str = "pass",
         name: str = "dedup",
     ) -> Pipeline:
         """Drop readings whose ``(device_id, seq)`` passed before (:class:`Dedup`)."""
-        dedup = Dedup(horizon, max_devices=max_devices, beyond_horizon=beyond_horizon, name=name)
+        dedup = Dedup(max_runs, max_devices=max_devices, forgotten=forgotten, name=name)
         return self.step(dedup)
 
     # --- windows and detectors -------------------------------------------------------------

@@ -148,10 +148,10 @@ def test_window_partitions_hand_over(events: list[Event], cut: int, kind: str) -
 
 
 @common
-@given(streams(), st.integers(0, 40), st.integers(4, 64))
-def test_dedup_restores_exactly(events: list[Event], cut: int, horizon: int) -> None:
+@given(streams(), st.integers(0, 40), st.integers(1, 8))
+def test_dedup_restores_exactly(events: list[Event], cut: int, max_runs: int) -> None:
     events = [e for e in events if e[0] == "batch"]
-    make = lambda: Dedup(horizon=horizon, max_devices=2)  # noqa: E731
+    make = lambda: Dedup(max_runs=max_runs, max_devices=2)  # noqa: E731
     check_split(make, events, cut % (len(events) + 1))
     check_handover(make, events, cut % (len(events) + 1))
 
@@ -176,7 +176,7 @@ def test_detectors_restore_exactly(events: list[Event], cut: int, make: Callable
 @given(streams(), st.integers(0, 40))
 def test_chain_restores_its_stateful_steps(events: list[Event], cut: int) -> None:
     events = [e for e in events if e[0] == "batch"]
-    make = lambda: Chain(Filter(lambda r: r.value > -90), Dedup(horizon=16))  # noqa: E731
+    make = lambda: Chain(Filter(lambda r: r.value > -90), Dedup(max_runs=2))  # noqa: E731
     check_split(make, events, cut % (len(events) + 1))
 
 

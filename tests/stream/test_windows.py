@@ -141,7 +141,7 @@ def test_windows_equal_the_reference_on_nab(
     assert stats["received"] == dedup.statistics()["passed"]
     # and the scenario did exercise duplicates and disorder
     assert dedup.statistics()["duplicates"] > 0
-    assert dedup.statistics()["beyond_horizon"] == 0
+    assert dedup.statistics()["forgotten"] == 0
     assert any(tuple(sorted(b.columns[0].ts)) != b.columns[0].ts for _, b in events)
 
 
