@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import tenacity
 
+import iotdata
 from iotdata import codec
-from iotdata.device import DeviceClient, QueueConfig
+from iotdata.device import DeviceClient, QueueConfig, ReadingQueue
 from iotdata.mqtt import MqttConnection, MqttSettings, Topics
 from tests._brokers import PrivateBroker
 from tests._helpers import Collector
@@ -115,8 +116,9 @@ def test_a_broker_outage_loses_nothing(
 
 CHILD = """
 import sys, time
+import iotdata
 from iotdata import codec
-from iotdata.device import DeviceClient, QueueConfig
+from iotdata.device import DeviceClient, QueueConfig, ReadingQueue
 from iotdata.mqtt import Topics
 url, prefix, path = sys.argv[1:4]
 client = DeviceClient.connect("pump-3", url, queue=QueueConfig(path=path), topics=Topics(prefix),
@@ -342,3 +344,53 @@ def test_an_unshared_subscription_survives_a_restart_for_a_3_1_1_device(
     finally:
         client.close()
         subscriber.connection.close()
+
+
+def wide_text(count: int) -> str:
+    """Text that compresses badly: 4-byte characters in a scrambled order."""
+    return "".join(chr(0x20000 + (i * 7919) % 40000) for i in range(count))
+
+
+def test_a_reading_over_the_packet_limit_is_refused_at_send(
+    mqtt_url: str, unique_name: str
+) -> None:
+    settings = MqttSettings.from_url(mqtt_url, max_packet_size=1000)
+    with DeviceClient.connect("pump-10", settings, topics=Topics(unique_name)) as client:
+        with pytest.raises(iotdata.InvalidInputError, match="over the"):
+            client.send("note", wide_text(400))  # about 1.6 KB encoded
+        with pytest.raises(iotdata.InvalidInputError, match="over the"):
+            client.send_many([("temp", 1.0), ("note", wide_text(400))])
+        assert client.send("note", "short") is not None
+        assert client.statistics().queued == 1  # nothing of the refused calls was kept
+
+
+def test_a_reading_the_broker_has_no_room_for_is_quarantined_not_a_dead_sender(
+    private_broker: PrivateBroker, unique_name: str, tmp_path: Path
+) -> None:
+    """A broker that announces a smaller packet limit than the one a queued reading was
+    accepted under: that reading is set aside (kept in the queue file, counted) and the readings
+    behind it are delivered. It used to kill the sender thread for good."""
+    private_broker.stop()
+    private_broker.extra_config = "max_packet_size 1500\n"
+    private_broker.start()
+    path = tmp_path / "q.sqlite"
+    with ReadingQueue.open("pump-11", QueueConfig(path=path)) as queue:  # accepted offline
+        queue.put([("temp", 1, 1.0), ("note", 2, wide_text(1000)), ("temp", 3, 3.0)])
+    topics = Topics(unique_name)
+    collector = Collector(private_broker.url, topics, f"{unique_name}-cloud")
+    try:
+        with DeviceClient.connect(
+            "pump-11", private_broker.url, queue=QueueConfig(path=path), topics=topics,
+            linger=0.01,
+        ) as client:  # fmt: skip
+            client.flush(20)
+            stats = client.statistics()
+            assert (stats.quarantined, stats.queued) == (1, 0)
+            [(seq, metric, ts, value, reason)] = client.queue.quarantined()
+            assert (seq, metric, ts, value) == (1, "note", 2, wide_text(1000))
+            assert "packet limit" in reason
+            assert client.send("temp", 4.0) == 3  # the sender is alive
+            client.flush(20)
+        collector.wait_for({("pump-11", 0), ("pump-11", 2), ("pump-11", 3)}, exact=True)
+    finally:
+        collector.close()
