@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from iotdata.sinks._retry import RetryPolicy
 from iotdata.sinks._validate import RowLimits
 from iotdata.sinks._writer import BufferedWriter, Opening
 
-__all__ = ["ParquetSink", "ParquetWriter"]
+__all__ = ["ParquetSink", "ParquetWriter", "translate_os_error"]
 
 log = logging.getLogger("iotdata.sinks")
 T = TypeVar("T")
@@ -101,7 +102,7 @@ class ParquetSink:
         loop = asyncio.get_running_loop()
         try:
             filesystem, base = await self.retry.call(
-                lambda: loop.run_in_executor(executor, _translated, lambda: self._resolve(arrow)),
+                lambda: loop.run_in_executor(executor, _opening, lambda: self._resolve(arrow)),
                 what=f"opening {os.fspath(self.root)!r}",
             )
         except BaseException:
@@ -119,7 +120,18 @@ class ParquetSink:
             filesystem, base = arrow.fs.LocalFileSystem(), os.path.abspath(root)
         base = base.rstrip("/")
         filesystem.create_dir(base, recursive=True)
+        if isinstance(filesystem, arrow.fs.LocalFileSystem):
+            _probe(base)
         return filesystem, base
+
+
+def _probe(folder: str) -> None:
+    """Create and remove a file in ``folder``: a folder we may not write to (permissions, a
+    read-only mount) fails the open, not the first flush."""
+    probe = os.path.join(folder, f".iotdata-probe-{uuid.uuid4().hex}")
+    with open(probe, "xb"):
+        pass
+    os.remove(probe)
 
 
 class ParquetWriter(BufferedWriter):
@@ -351,9 +363,46 @@ def _translated(operation: Callable[[], T]) -> T:
         return operation()
     except SinkError:
         raise
-    except PermissionError as exc:
-        raise SinkFatalError(f"no permission to write Parquet files: {exc}") from exc
     except OSError as exc:
-        raise SinkRetriableError(f"writing Parquet files failed: {exc}") from exc
+        raise translate_os_error(exc) from exc
     except (TypeError, ValueError) as exc:
         raise SinkFatalError(f"pyarrow refused the rows: {exc}") from exc
+
+
+def _opening(operation: Callable[[], T]) -> T:
+    """:func:`_translated` for the open: a root that cannot be made is a configuration error."""
+    try:
+        return _translated(operation)
+    except SinkRetriableError as exc:
+        if getattr(exc.__cause__, "errno", None) == errno.ENOENT:
+            raise SinkFatalError(f"cannot make the Parquet root folder: {exc.__cause__}") from exc
+        raise
+
+
+#: File system errors that retrying will not cure: someone must change the configuration (a
+#: root that is a file, a read-only mount, permissions, a name the file system cannot hold).
+_FATAL_ERRNOS = {
+    errno.EACCES: "no permission",
+    errno.EPERM: "no permission",
+    errno.EROFS: "a read-only file system",
+    errno.ENOTDIR: "a path through something that is not a folder",
+    errno.EEXIST: "something that is not a folder is in the way",
+    errno.EISDIR: "a folder is in the way of a file",
+    errno.ENAMETOOLONG: "a name too long for the file system",
+    errno.ELOOP: "a loop of symbolic links",
+    errno.EINVAL: "a name the file system refuses",
+}
+
+
+def translate_os_error(exc: OSError) -> SinkError:
+    """The sink error for a file system error: fatal when retrying cannot help (see
+    ``_FATAL_ERRNOS``), retriable otherwise (a full disk, an I/O or network error, an object
+    store's throttling)."""
+    why = _FATAL_ERRNOS.get(exc.errno) if exc.errno is not None else None
+    if why is None and isinstance(exc, PermissionError):
+        why = "no permission"
+    if why is None:
+        return SinkRetriableError(f"writing Parquet files failed: {exc}")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        why += " (the root, or a folder under it, is not a folder)"
+    return SinkFatalError(f"cannot write Parquet files, {why}: {exc}")
