@@ -281,8 +281,14 @@ class Pipeline:
         ``until(stats)`` is true), checkpoint, close what was opened here; the final stats.
 
         ``checkpoints`` default to the source's own store (a compacted topic for Kafka, the
-        embedded log's folder or memory). ``flush_at_end`` closes every open window before the
-        last checkpoint: for a bounded input. ``max_records`` bounds a poll.
+        embedded log's folder or memory). ``checkpoint_interval`` is in seconds (>= 0).
+        ``flush_at_end`` closes every open window before the last checkpoint: for a bounded
+        input. ``max_records`` bounds a poll (an int >= 1). Settings that make no sense raise
+        :class:`~iotdata.errors.InvalidInputError` before anything is opened.
+
+        Cancelling the task stops the worker where it is, without a checkpoint (as a kill
+        would: the next run resumes at the last one), and closes the source and the sinks
+        opened here.
         """
         from iotdata.stream._runtime import run_pipeline  # noqa: PLC0415
 

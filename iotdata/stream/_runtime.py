@@ -50,6 +50,47 @@ log = logging.getLogger("iotdata.stream")
 
 _LATENCY_SAMPLES = 10_000
 _MAX_PAUSE = 5.0
+#: How long a poll waits for records (seconds).
+_POLL_TIMEOUT = 0.2
+
+
+def check_max_records(value: object) -> int:
+    """``value`` if it can bound a poll (an int >= 1), else :class:`InvalidInputError`."""
+    if type(value) is not int or value < 1:
+        raise InvalidInputError(f"max_records must be an int >= 1, not {value!r}")
+    return value
+
+
+def check_seconds(what: str, value: object) -> float:
+    """``value`` as seconds (an int or float >= 0, not NaN; ``math.inf``: never), else
+    :class:`InvalidInputError`."""
+    if not isinstance(value, (int, float)) or type(value) is bool or not value >= 0:
+        raise InvalidInputError(f"{what} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def check_flag(what: str, value: object) -> bool:
+    if type(value) is not bool:
+        raise InvalidInputError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
+def _checkpoint_interval(value: object) -> float:
+    return check_seconds("checkpoint_interval", value)
+
+
+def _tick_interval(value: object) -> float:
+    return check_seconds("tick_interval", value)
+
+
+def _flush_at_end(value: object) -> bool:
+    return check_flag("flush_at_end", value)
+
+
+def check_until(until: object) -> Callable[[WorkerStats], bool] | None:
+    if until is not None and not callable(until):
+        raise InvalidInputError(f"until must be a function of the statistics, not {until!r}")
+    return until
 
 
 class Processor(Protocol):
@@ -172,16 +213,18 @@ class Worker:
     routes: Sequence[Route]
     checkpoints: CheckpointStore
     late: Sequence[Route] = ()
-    checkpoint_interval: float = attrs.field(default=5.0, kw_only=True)
-    tick_interval: float = attrs.field(default=1.0, kw_only=True)
-    max_records: int = attrs.field(default=500, kw_only=True)
+    checkpoint_interval: float = attrs.field(
+        default=5.0, kw_only=True, converter=_checkpoint_interval
+    )
+    tick_interval: float = attrs.field(default=1.0, kw_only=True, converter=_tick_interval)
+    max_records: int = attrs.field(default=500, kw_only=True, converter=check_max_records)
     limits: Limits = attrs.field(factory=Limits, kw_only=True)
     #: Wall clock in microseconds (idle advance, missing data).
     clock: Callable[[], int] = attrs.field(
         default=attrs.Factory(lambda: lambda: time.time_ns() // 1000), kw_only=True
     )
     #: Close every open window before the last checkpoint (a bounded input).
-    flush_at_end: bool = attrs.field(default=False, kw_only=True)
+    flush_at_end: bool = attrs.field(default=False, kw_only=True, converter=_flush_at_end)
     _writers: tuple[_Route, ...] = attrs.field(init=False)
     _late: tuple[_Route, ...] = attrs.field(init=False)
     _next: dict[int, int] = attrs.field(factory=dict, init=False)
@@ -217,13 +260,16 @@ class Worker:
         """Consume until :meth:`stop`, ``until(statistics())`` is true, or a bounded source
         (one with an ``exhausted`` property) is read to its end; checkpoint; return.
 
-        The source is closed on the way out; the sinks are not (they are yours).
+        The source is closed on the way out; the sinks are not (they are yours). Cancelled,
+        the worker stops where it is, without a checkpoint (as if killed), closing the source.
         """
+        until = check_until(until)
         await self.source.start(self)
         last_checkpoint = last_tick = time.monotonic()
         try:
             while not self._stop.is_set():
-                records = await self.source.poll(0.2, self.max_records)
+                polled = time.monotonic()
+                records = await self.source.poll(_POLL_TIMEOUT, self.max_records)
                 await self._process(records)
                 now = time.monotonic()
                 if now - last_tick >= self.tick_interval:
@@ -237,6 +283,7 @@ class Worker:
                     break
                 if not records and getattr(self.source, "exhausted", False):
                     break  # a bounded source, read to its end
+                await self._yield(records, polled)
             if self._failure is None:
                 if self.flush_at_end:
                     for partition in sorted(self._next):
@@ -251,6 +298,17 @@ class Worker:
     def stop(self) -> None:
         """Ask :meth:`run` to checkpoint and return."""
         self._stop.set()
+
+    async def _yield(self, records: list[SourceRecord], polled: float) -> None:
+        """Between two polls, let the event loop run other tasks (and deliver a cancel) even
+        when neither the source nor the sinks had to wait; after an empty poll that returned
+        before its timeout, wait out the rest of it (a source that never waits would make
+        the worker spin)."""
+        if records:
+            await asyncio.sleep(0)
+            return
+        left = _POLL_TIMEOUT - (time.monotonic() - polled)
+        await self._pause(max(left, 0.0))
 
     def statistics(self) -> WorkerStats:
         counts = self._counts
@@ -461,6 +519,10 @@ async def run_pipeline(
     max_records: int = 500,
 ) -> WorkerStats:
     """What :meth:`Pipeline.run <iotdata.stream.Pipeline.run>` does."""
+    checkpoint_interval = _checkpoint_interval(checkpoint_interval)
+    flush_at_end = _flush_at_end(flush_at_end)
+    max_records = check_max_records(max_records)
+    until = check_until(until)
     if getattr(source, "redelivers", False):
         if not pipeline.steps or not isinstance(pipeline.steps[0], Dedup):
             raise InvalidInputError(
