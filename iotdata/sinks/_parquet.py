@@ -5,10 +5,12 @@ Layout under ``root``::
     readings/date=2024-05-01/bucket=03/telemetry-p3-o00000000000000001200.parquet
     aggregates/date=.../bucket=.../...
     alerts/date=.../bucket=.../...
+    dead_letters/telemetry-p3-o00000000000000001200.parquet
     _iotdata/journal/telemetry/3.json
 
 Rows go to the date (UTC) of their time and to a bucket of their device (crc32 of the id modulo
-``buckets``). A file is named after the source position of the first record flushed into it:
+``buckets``); dead letters (records the sink refused, whose time may be what is wrong) to one
+folder. A file is named after the source position of the first record flushed into it:
 topic, partition and offset. A replay from that offset writes the same names, so it overwrites
 instead of duplicating; the journal lists what each flush wrote, so that a replay whose flushes
 end elsewhere also removes the files it supersedes. Records written without a position go to
@@ -64,6 +66,7 @@ _DICTIONARY_COLUMNS = {
     "readings": ["device_id", "metric", "value_text"],
     "aggregates": ["device_id", "metric"],
     "alerts": ["device_id", "detector", "metric", "severity"],
+    "dead_letters": ["sink", "kind", "reason", "topic"],
 }
 
 
@@ -137,6 +140,8 @@ def _probe(folder: str) -> None:
 class ParquetWriter(BufferedWriter):
     """The writer of a :class:`ParquetSink`; made by ``ParquetSink.open()``."""
 
+    stores_dead_letters = True
+
     def __init__(
         self,
         sink: ParquetSink,
@@ -175,6 +180,10 @@ class ParquetWriter(BufferedWriter):
             files = self._write_readings(name, group.columns())
             files += self._write_rows("aggregates", name, group.aggregates(), _window_day)
             files += self._write_rows("alerts", name, group.alerts(), _alert_day)
+            letters = group.dead_letters()
+            if letters:
+                table = self._arrow.dead_letters(letters)
+                files.append(self._write_file("dead_letters", "dead_letters", name, table))
             if position is not None:
                 self._record(position, files)
 
@@ -216,6 +225,10 @@ class ParquetWriter(BufferedWriter):
         width = len(str(self._sink.buckets - 1))
         folder = f"{kind}/date={(_EPOCH + _dt.timedelta(days=day)).isoformat()}"
         folder += f"/bucket={bucket:0{width}d}"
+        return self._write_file(kind, folder, name, table)
+
+    def _write_file(self, kind: str, folder: str, name: str, table: Any) -> str:
+        """``table`` as ``{folder}/{name}.parquet`` (under a temporary name, then renamed)."""
         relative = f"{folder}/{name}.parquet"
         directory = f"{self._base}/{folder}"
         self._fs.create_dir(directory, recursive=True)
@@ -341,6 +354,8 @@ def _file_name(position: SourcePosition | None, group: PendingRecords) -> str:
         digest.update(repr((aggregate.key, aggregate.revision)).encode())
     for alert in group.alerts():
         digest.update(repr(alert.key).encode())
+    for letter in group.dead_letters():
+        digest.update(repr(letter.identity).encode())
     return f"keys-{digest.hexdigest()}"
 
 
