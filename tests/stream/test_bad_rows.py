@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from iotdata import codec
+from iotdata.local import LocalLog
 from iotdata.model import Batch
 from iotdata.sinks import (
     BadRowError,
@@ -24,7 +26,16 @@ from iotdata.sinks import (
     SourcePosition,
     SqliteSink,
 )
-from iotdata.stream import Count, Mean, MemorySource, Pipeline, Tumbling, WorkerStats
+from iotdata.stream import (
+    Count,
+    LocalSource,
+    Mean,
+    MemoryCheckpoints,
+    MemorySource,
+    Pipeline,
+    Tumbling,
+    WorkerStats,
+)
 from tests.sinks._memory import MemoryWriter, Store
 
 S = 1_000_000
@@ -103,6 +114,44 @@ def test_a_nan_reading_is_dead_lettered_next_to_the_data_and_the_rest_is_stored(
     assert again.dead_lettered == 2
     assert len(dead_letters(path)) == 2  # each dead letter stored once
     assert rows(path, "SELECT device_id, seq FROM readings") == stored
+
+
+class CrashingCheckpoints(MemoryCheckpoints):
+    """Its first save fails, as a crash between flushing the sinks and saving the state would:
+    the dead letters are durable, the offsets are not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crashed = False
+
+    async def save(self, checkpoints: Any) -> None:
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("killed between the flush and the save")
+        await super().save(checkpoints)
+
+
+def test_a_replay_from_a_checkpoint_stores_each_dead_letter_once(tmp_path: Path) -> None:
+    log = LocalLog.memory()
+    log.create_topic("t", 1)
+    for item in frames():
+        log.append("t", item.device_id.encode(), codec.encode(item))
+    path = tmp_path / "out.sqlite"
+    pipeline = Pipeline().to(SqliteSink(path=path))
+    checkpoints = CrashingCheckpoints()
+
+    async def run_once() -> WorkerStats:
+        source = LocalSource("t", log=log, group="g")
+        return await pipeline.run(source, checkpoints=checkpoints, until=lambda s: s.records == 4)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        asyncio.run(run_once())
+    assert len(dead_letters(path)) == 1  # flushed before the save that failed
+    assert log.committed("g", "t", 0) is None  # so nothing was committed: all is replayed
+    again = asyncio.run(run_once())
+    assert (again.records, again.dead_lettered) == (4, 1)
+    assert len(dead_letters(path)) == 1
+    assert len(rows(path, "SELECT seq FROM readings")) == 19
 
 
 def test_skip_counts_and_stores_nothing_and_stop_is_the_old_behaviour(tmp_path: Path) -> None:
