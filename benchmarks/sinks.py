@@ -200,7 +200,7 @@ async def postgres_results(dsn: str, batches: list[Batch], repeats: int) -> list
     finally:
         await writer.close()
         await conflict_writer.close()
-        for kind in ("readings", "aggregates", "alerts"):
+        for kind in ("readings", "aggregates", "alerts", "dead_letters"):
             await admin.execute(
                 sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(prefix + kind))
             )

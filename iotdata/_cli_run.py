@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from iotdata._cliargs import add_kafka_security, kafka_security, positive_float, positive_int
 
 __all__ = ["add_run"]
@@ -22,6 +24,16 @@ topic (--log FOLDER with --topic and --group), or a `source` the file defines. T
 checkpoints every --checkpoint-interval seconds and on SIGINT or SIGTERM, then exits; --records
 stops it after that many source records (for bounded runs). The final statistics go to
 standard output.
+
+Records a sink refuses (NaN in SQLite, a NUL character or a time before 4714 BC in
+PostgreSQL, ...) do not stop the run: the good records of the same batch are stored, and each
+refused one is dead-lettered with the reason, in the sink's own dead letters (the
+dead_letters table of its SQLite or PostgreSQL database, a dead_letters folder beside the
+Parquet files, the Kafka sink's iotdata.dlq topic, standard error for the console), once
+however often it is replayed. --bad-rows skip only counts and logs them; --bad-rows stop stops
+the run with the error, as before; --dead-letters FILE puts every route's dead letters in the
+dead_letters table of that SQLite file instead (- for standard error, one JSON line each).
+These options override what the file says for every route.
 
   # app.py
   from datetime import timedelta
@@ -56,6 +68,18 @@ def add_run(commands: Any) -> None:
         help="seconds between checkpoints (default 5)",
     )
     run.add_argument(
+        "--bad-rows",
+        choices=("dead-letter", "skip", "stop"),
+        help="what to do with records a sink refuses (default: what the file says, "
+        "dead-letter unless it says otherwise)",
+    )
+    run.add_argument(
+        "--dead-letters",
+        metavar="FILE",
+        help="a SQLite file for every route's dead letters (its dead_letters table), or - "
+        "for standard error",
+    )
+    run.add_argument(
         "--flush-at-end",
         action="store_true",
         help="close every open window before stopping (the end of a bounded input)",
@@ -82,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         found = type(pipeline).__name__ if args.name in namespace else "nothing"
         return _usage(f"{args.file} must define {args.name!r} as a Pipeline (found {found})")
     try:
+        pipeline = _with_bad_rows(pipeline, args)
         source = _source(args, namespace)
     except InvalidInputError as exc:
         return _usage(str(exc))
@@ -89,9 +114,44 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"{stats.records:,} records, {stats.readings:,} readings, {stats.aggregates:,} "
         f"aggregates, {stats.alerts:,} alerts, {stats.late:,} late, {stats.undecodable:,} "
-        f"undecodable, {stats.checkpoints} checkpoints"
+        f"undecodable, {stats.checkpoints} checkpoints, {stats.dead_lettered:,} dead-lettered, "
+        f"{stats.skipped:,} skipped"
     )
     return 0
+
+
+def _with_bad_rows(pipeline: Any, args: argparse.Namespace) -> Any:
+    """``pipeline`` with every route's policy for refused records set by the options."""
+    from iotdata.errors import InvalidInputError  # noqa: PLC0415
+
+    if args.bad_rows is None and args.dead_letters is None:
+        return pipeline
+    policy = args.bad_rows or "dead-letter"
+    if args.dead_letters is not None and policy != "dead-letter":
+        raise InvalidInputError(f"--dead-letters needs --bad-rows dead-letter, not {policy}")
+    destination = _dead_letters(args.dead_letters)
+
+    def changed(route: Any) -> Any:
+        dead = route.dead_letters if destination is None else destination
+        return attrs.evolve(
+            route, bad_rows=policy, dead_letters=dead if policy == "dead-letter" else None
+        )
+
+    return attrs.evolve(
+        pipeline,
+        routes=tuple(map(changed, pipeline.routes)),
+        late_routes=tuple(map(changed, pipeline.late_routes)),
+    )
+
+
+def _dead_letters(where: str | None) -> Any:
+    from iotdata.sinks import ConsoleSink, SqliteSink  # noqa: PLC0415
+
+    if where is None:
+        return None
+    if where == "-":
+        return ConsoleSink(stream=sys.stderr, format="json")
+    return SqliteSink(path=where)
 
 
 def _usage(message: str) -> int:

@@ -10,8 +10,10 @@
 
 It writes, flushes, replays the same records (from the same source positions, and with other
 flush boundaries), abandons a writer between write and flush as a crash would and replays with
-a new one, sends bad rows, closes twice and uses the writer as a context manager, then compares
-what ``read_back`` returns with what was written.
+a new one, sends bad rows (and checks that ``sort_out``, when the writer has it, agrees with
+``write``), writes dead letters to a writer that keeps them (and checks that one that does not
+refuses them), closes twice and uses the writer as a context manager, then compares what
+``read_back`` returns with what was written.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from iotdata.sinks import (
     ALL_KINDS,
     Alert,
     BadRowError,
+    DeadLetter,
     RecordKind,
     SinkWriter,
     SourcePosition,
     WindowAggregate,
 )
+from iotdata.sinks._json import dead_letter_fields
 
 __all__ = ["SinkCheckError", "SinkContents", "check_sink"]
 
@@ -50,11 +54,19 @@ class SinkCheckError(AssertionError):
 
 @attrs.frozen
 class SinkContents:
-    """Everything a sink stored, as record objects (order does not matter)."""
+    """Everything a sink stored, as record objects (order does not matter).
+
+    ``dead_letters`` are the dead letters it stored, each as its JSON document (the object
+    :class:`~iotdata.sinks.ConsoleSink` prints: ``{"kind": "dead_letter", "sink": ...,
+    "reason": ..., "detail": ..., "key": ..., "record": {...}, "topic": ..., "partition":
+    ..., "offset": ...}``, the refused record inside with non-finite floats as strings); None
+    when ``read_back`` does not read them back (they are then not compared).
+    """
 
     readings: Sequence[Reading] = ()
     aggregates: Sequence[WindowAggregate] = ()
     alerts: Sequence[Alert] = ()
+    dead_letters: Sequence[Mapping[str, Any]] | None = None
 
 
 async def check_sink(
@@ -74,7 +86,10 @@ async def check_sink(
     ``exactly_once=False`` is for sinks that deliver at least once (a console, a message
     topic): a key may then be stored several times, but every one must be there, and the
     newest revision of an aggregate is read as a consumer would (the last of the highest).
-    Aggregates carry ``extra`` statistics, which must come back whole.
+    Aggregates carry ``extra`` statistics, which must come back whole. A writer whose
+    ``stores_dead_letters`` is true must store :class:`~iotdata.sinks.DeadLetter` records
+    (keyed on their ``identity``, whatever the refused record holds: NaN, NUL characters, a
+    time no column can hold); one whose it is not must refuse them as bad rows.
 
     Raises :class:`SinkCheckError` (an ``AssertionError``) on the first breach found.
     """
@@ -180,7 +195,7 @@ class _Check:
     topic: str
     partition: int
     expected: dict[str, dict[tuple[Any, ...], Any]] = attrs.field(
-        factory=lambda: {"readings": {}, "aggregates": {}, "alerts": {}}
+        factory=lambda: {"readings": {}, "aggregates": {}, "alerts": {}, "dead_letters": {}}
     )
 
     async def run(self) -> None:
@@ -191,6 +206,10 @@ class _Check:
             await self._step("newest revision wins", self._newest_wins(writer))
         writer = await self._step("crash and replay", self._crash_and_replay(writer))
         await self._step("bad rows", self._bad_rows(writer))
+        if callable(getattr(writer, "sort_out", None)):
+            await self._step("sort_out", self._sort_out(writer))
+        if getattr(writer, "stores_dead_letters", False):
+            await self._step("dead letters", self._dead_letters(writer))
         await self._step("close twice", self._close_twice(writer))
         await self._step("async with", self._context_manager())
 
@@ -260,7 +279,7 @@ class _Check:
 
     async def _bad_rows(self, writer: SinkWriter) -> None:
         good = self._part(3)[0]
-        for label, bad in self._bad_records():
+        for label, bad in self._bad_records(writer):
             try:
                 await writer.write([*good, bad], position=self._at(20))  # type: ignore[list-item]
             except InvalidInputError as exc:
@@ -282,6 +301,48 @@ class _Check:
         await writer.flush()
         self._expect_part(3)
         await self._verify("good records after bad rows")
+
+    async def _sort_out(self, writer: Any) -> None:
+        """``sort_out`` splits records as ``write`` judges them: a bad record is refused with
+        its index, a batch with a bad reading keeps its good ones, the rest passes as it is."""
+        good = self._part(3)[0]
+        for label, bad in self._bad_records(writer):
+            kept, refused = writer.sort_out([*good, bad])
+            indices = [getattr(error, "index", None) for error in refused]
+            if list(kept) != good or indices != [len(good)]:
+                raise SinkCheckError(
+                    f"sort_out: {label}: kept {len(kept)} of {len(good)} good records, refused "
+                    f"at {indices} (expected [{len(good)}])"
+                )
+        if "readings" not in self.kinds:
+            return
+        mixed = Batch.from_columns(
+            "check-sort", {"counter": ([_BASE_TS] * 3, [1, 2**64 - 1, 3], [7, 8, 9])}
+        )
+        kept, refused = writer.sort_out([mixed])
+        seqs = [[r.seq for r in batch] for batch in kept]
+        named = [(e.index, getattr(e.record, "seq", None)) for e in refused]
+        if seqs != [[7, 9]] or named != [(0, 8)]:
+            raise SinkCheckError(
+                f"sort_out: a batch with one bad reading of three: kept seqs {seqs}, refused "
+                f"{named} (expected [[7, 9]] and [(0, 8)])"
+            )
+        await writer.write(kept, position=self._at(25))
+        await writer.flush()
+        self._expect(kept)
+        await self._verify("sort_out: the good readings of a batch with a bad one")
+
+    async def _dead_letters(self, writer: SinkWriter) -> None:
+        letters = _dead_letters(self._at)
+        await writer.write(letters, position=self._at(27))
+        await writer.flush()
+        for letter in letters:
+            self.expected["dead_letters"][letter.identity] = dead_letter_fields(letter)
+        await self._verify("dead letters written then flushed")
+        await writer.write(letters, position=self._at(27))
+        await writer.write(letters[:2], position=self._at(27))
+        await writer.flush()
+        await self._verify("the same dead letters written again (a replay)")
 
     async def _close_twice(self, writer: SinkWriter) -> None:
         await writer.close()
@@ -347,8 +408,11 @@ class _Check:
             groups.append(list(_alerts(part)))
         return groups
 
-    def _bad_records(self) -> list[tuple[str, object]]:
+    def _bad_records(self, writer: object) -> list[tuple[str, object]]:
         bad: list[tuple[str, object]] = [("an object that is no record", object())]
+        if not getattr(writer, "stores_dead_letters", False):
+            letter = _dead_letters(self._at)[0]
+            bad.append(("a dead letter, which this writer does not keep", letter))
         if "readings" in self.kinds:
             too_big = Batch.from_columns("check-bad", {"counter": ([_BASE_TS], [2**64 - 1], [9])})
             bad += [
@@ -402,6 +466,9 @@ class _Check:
         }
         for kind in sorted(self.kinds):
             self._compare(step, kind, self.expected[kind], stored[kind])
+        if contents.dead_letters is not None:
+            letters = _keyed(contents.dead_letters, _dead_letter_identity)
+            self._compare(step, "dead_letters", self.expected["dead_letters"], letters)
 
     def _compare(
         self,
@@ -421,10 +488,37 @@ class _Check:
             if self.exactly_once and len(copies) > 1:
                 raise SinkCheckError(f"{step}: {kind} {key} stored {len(copies)} times")
             have = max(reversed(copies), key=_revision) if kind == "aggregates" else copies[-1]
-            if not _same(have, expected[key]):
+            same = have == expected[key] if kind == "dead_letters" else _same(have, expected[key])
+            if not same:
                 raise SinkCheckError(
                     f"{step}: {kind} {key}: stored {have!r}, expected {expected[key]!r}"
                 )
+
+
+def _dead_letters(at: Callable[[int], SourcePosition]) -> list[DeadLetter]:
+    """Dead letters of every kind, holding what some stores cannot keep as data (NaN, NUL
+    characters, a time no column holds, an int beyond int64), one without a position."""
+    aggregate = attrs.evolve(_aggregates(9)[0], sum=math.nan, extra={"p99": math.nan})
+    alert = attrs.evolve(_alerts(9)[0], message="NUL \x00 inside")
+    records: list[Any] = [
+        Reading(_DEVICES[0], "temperature", _BASE_TS, math.nan, 900),
+        Reading(_DEVICES[1], "status", _BASE_TS + 1, "a\x00b \udc80", 901),
+        Reading(_DEVICES[2], "counter", -(2**63), 2**64 - 1, 902),
+        Reading(_DEVICES[0], "status", _BASE_TS + 2, "NaN", 903),
+        aggregate,
+        alert,
+    ]
+    letters = [
+        DeadLetter(record, "nan", f"check {i}: é \x00 😀", "check-sink", at(60 + i))
+        for i, record in enumerate(records)
+    ]
+    letters.append(DeadLetter(records[0], "nan", "the same record, another sink", "check-other"))
+    return letters
+
+
+def _dead_letter_identity(document: Mapping[str, Any]) -> tuple[Any, ...]:
+    record = document.get("record") or {}
+    return (document.get("sink"), record.get("kind"), document.get("key"))
 
 
 class _BoomError(Exception):

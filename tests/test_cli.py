@@ -308,3 +308,81 @@ def test_a_missing_extra_names_the_pip_command(tmp_path: Path) -> None:
     assert parquet.returncode == 1
     assert "pip install 'iotdata[parquet]'" in parquet.stderr
     assert "Traceback" not in parquet.stderr
+
+
+READINGS_APP = """
+from iotdata.sinks import SqliteSink
+from iotdata.stream import Pipeline
+
+pipeline = Pipeline().to(SqliteSink(path={db!r}))
+"""
+
+
+def _nan_log(folder: Path) -> None:
+    """Two frames of pump-0 (seq 0..4 and 5..9), a NaN at seq 7; a frame of pump-1."""
+    from iotdata import Batch, codec  # noqa: PLC0415
+    from iotdata.local import LocalLog  # noqa: PLC0415
+
+    start = 1_714_521_600_000_000
+    with LocalLog.open(folder) as log:
+        log.create_topic("telemetry", 1)
+        for device, seqs in (("pump-0", range(5)), ("pump-1", range(5)), ("pump-0", range(5, 10))):
+            ts = [start + s * 1_000_000 for s in seqs]
+            values = [float("nan") if s == 7 else float(s) for s in seqs]
+            batch = Batch.from_columns(device, {"rpm": (ts, values, seqs)})
+            log.append("telemetry", device.encode(), codec.encode(batch))
+
+
+def _sqlite(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        found = sorted(conn.execute(sql).fetchall())
+    conn.close()
+    return found
+
+
+def test_run_dead_letters_a_nan_reading_and_stores_the_rest(tmp_path: Path) -> None:
+    _nan_log(tmp_path / "log")
+    db = tmp_path / "out.sqlite"
+    app = tmp_path / "app.py"
+    app.write_text(READINGS_APP.format(db=str(db)))
+    log = ["--log", str(tmp_path / "log"), "--topic", "telemetry"]
+    result = run_cli("run", str(app), *log, "--group", "first", "--records", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("3 records, 15 readings")
+    assert "1 dead-lettered, 0 skipped" in result.stdout
+    stored = {(d, s) for d in ("pump-0", "pump-1") for s in range(5)} | {
+        ("pump-0", s) for s in (5, 6, 8, 9)
+    }
+    assert _sqlite(db, "SELECT device_id, seq FROM readings") == sorted(stored)
+    sink = f"SqliteSink({str(db)!r})"
+    letters = 'SELECT sink, kind, key, reason, topic, partition, "offset" FROM dead_letters'
+    assert _sqlite(db, letters) == [(sink, "reading", "pump-0/7", "nan", "telemetry", 0, 2)]
+    # a second group reads everything again: the dead letter is stored once
+    again = run_cli("run", str(app), *log, "--group", "second", "--records", "3")
+    assert again.returncode == 0, again.stderr
+    assert len(_sqlite(db, letters)) == 1
+    # the old behaviour on request: the NaN stops the run, saying why
+    stop = run_cli(
+        "run", str(app), *log, "--group", "third", "--records", "3", "--bad-rows", "stop"
+    )
+    assert stop.returncode == 1
+    assert "cannot store NaN" in stop.stderr and "Traceback" not in stop.stderr
+    # skipped: counted, stored nowhere; or dead letters in a file of their own
+    app.write_text(READINGS_APP.format(db=str(tmp_path / "skip.sqlite")))
+    skip = run_cli("run", str(app), *log, "--group", "skip", "--records", "3", "--bad-rows", "skip")
+    assert "0 dead-lettered, 1 skipped" in skip.stdout, skip.stderr
+    assert _sqlite(tmp_path / "skip.sqlite", "SELECT key FROM dead_letters") == []
+    app.write_text(READINGS_APP.format(db=str(tmp_path / "other.sqlite")))
+    dlq = tmp_path / "dlq.sqlite"
+    other = run_cli(
+        "run", str(app), *log, "--group", "other", "--records", "3", "--dead-letters", str(dlq)
+    )
+    assert other.returncode == 0, other.stderr
+    assert _sqlite(dlq, "SELECT key FROM dead_letters") == [("pump-0/7",)]
+    assert _sqlite(tmp_path / "other.sqlite", "SELECT key FROM dead_letters") == []
+    help_text = run_cli("run", "--help").stdout
+    assert "--bad-rows" in help_text and "dead_letters" in help_text
+    wrong = run_cli(
+        "run", str(app), *log, "--group", "wrong", "--bad-rows", "skip", "--dead-letters", "-"
+    )
+    assert wrong.returncode == 2

@@ -428,7 +428,9 @@ def _drop_demo_tables(dsn: str) -> None:
     from iotdata.sinks._postgres import _import_psycopg  # noqa: PLC0415
 
     psycopg = _import_psycopg()
-    names = ", ".join(f"{PG_PREFIX}{t}" for t in ("readings", "aggregates", "alerts"))
+    names = ", ".join(
+        f"{PG_PREFIX}{t}" for t in ("readings", "aggregates", "alerts", "dead_letters")
+    )
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {names}")

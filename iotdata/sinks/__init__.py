@@ -12,6 +12,9 @@ Built in, idempotent on those keys: :class:`SqliteSink` (the embedded default),
 :class:`KafkaSink` (derived streams and alerts to topics), :class:`MqttSink` (alerts back to
 the devices) and :class:`ConsoleSink`. Write your own on :class:`BufferedWriter` and check it
 with :func:`iotdata.testing.check_sink`. The guide is docs/sinks.md.
+
+A record a sink refuses (:class:`BadRowError`) becomes a :class:`DeadLetter` in the stream
+runtime; every built-in sink but the MQTT one keeps dead letters next to its data.
 """
 
 from iotdata.sinks._console import ConsoleSink, ConsoleWriter
@@ -31,6 +34,7 @@ from iotdata.sinks._postgres import PostgresSink, PostgresWriter
 from iotdata.sinks._records import (
     ALL_KINDS,
     Alert,
+    DeadLetter,
     PendingRecords,
     ReadingColumn,
     RecordKind,
@@ -58,6 +62,7 @@ __all__ = [
     "BufferedWriter",
     "ConsoleSink",
     "ConsoleWriter",
+    "DeadLetter",
     "KafkaSink",
     "KafkaWriter",
     "MissingDependencyError",

@@ -14,7 +14,8 @@ import attrs
 
 from iotdata.model import Value
 from iotdata.sinks._errors import MissingDependencyError
-from iotdata.sinks._records import Alert, ValueKind, WindowAggregate
+from iotdata.sinks._json import record_json
+from iotdata.sinks._records import Alert, DeadLetter, ValueKind, WindowAggregate
 
 __all__ = ["Arrow", "Piece", "load_arrow"]
 
@@ -100,6 +101,25 @@ class Arrow:
                 pa.array([r.message for r in rows], pa.string()),
             ],
             schema=self.schemas["alerts"],
+        )
+
+    def dead_letters(self, rows: Sequence[DeadLetter]) -> Any:
+        pa = self.pa
+        at = [r.position for r in rows]
+        return pa.Table.from_arrays(
+            [
+                pa.array([r.sink for r in rows], pa.string()),
+                pa.array([r.kind for r in rows], pa.string()),
+                pa.array([r.key for r in rows], pa.string()),
+                pa.array([r.device_id for r in rows], pa.string()),
+                pa.array([r.reason for r in rows], pa.string()),
+                pa.array([r.detail for r in rows], pa.string()),
+                pa.array([record_json(r) for r in rows], pa.string()),
+                pa.array([None if p is None else p.topic for p in at], pa.string()),
+                pa.array([None if p is None else p.partition for p in at], pa.int32()),
+                pa.array([None if p is None else p.offset for p in at], pa.int64()),
+            ],
+            schema=self.schemas["dead_letters"],
         )
 
     def _strings(self, names: list[str], pieces: Sequence[Piece]) -> Any:
@@ -197,6 +217,20 @@ def _schemas(pa: Any) -> dict[str, Any]:
                 pa.field("score", pa.float64()),
                 key("severity", pa.string()),
                 key("message", pa.string()),
+            ]
+        ),
+        "dead_letters": pa.schema(
+            [
+                key("sink", pa.string()),
+                key("kind", pa.string()),
+                key("key", pa.string()),
+                pa.field("device_id", pa.string()),
+                key("reason", pa.string()),
+                key("detail", pa.string()),
+                key("record", pa.string()),
+                pa.field("topic", pa.string()),
+                pa.field("partition", pa.int32()),
+                pa.field("offset", pa.int64()),
             ]
         ),
     }

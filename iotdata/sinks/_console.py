@@ -1,7 +1,8 @@
 """The console sink: records as lines on a text stream, for development and demos.
 
 It prints what it is given at each flush and keeps nothing, so it is at-least-once: a replay
-prints again.
+prints again. Dead letters (records a sink refused) go to their own stream, standard error by
+default, so that standard output stays the data.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Literal, TextIO
 import attrs
 
 from iotdata.model import ts_to_datetime
-from iotdata.sinks._json import record_fields
-from iotdata.sinks._records import Alert, PendingRecords, WindowAggregate
+from iotdata.sinks._errors import SinkFatalError
+from iotdata.sinks._json import dead_letter_json, record_fields
+from iotdata.sinks._records import Alert, DeadLetter, PendingRecords, WindowAggregate
 from iotdata.sinks._retry import RetryPolicy
 from iotdata.sinks._writer import BufferedWriter, Opening
 
@@ -28,12 +30,14 @@ class ConsoleSink:
 
     ``format="text"`` writes one readable line per record; ``"json"`` one JSON object per line
     with a ``kind`` of ``reading``, ``aggregate`` or ``alert`` (times in microseconds; an
-    aggregate's ``extra`` as an object).
+    aggregate's ``extra`` as an object). Dead letters go to ``dead_letter_stream`` (default:
+    standard error at open), as a line each (``kind`` ``dead_letter`` in JSON).
     """
 
     stream: TextIO | None = None
     format: Literal["text", "json"] = "text"
     flush_rows: int = 10_000
+    dead_letter_stream: TextIO | None = None
 
     def open(self) -> Opening[ConsoleWriter]:
         """Await the result for a writer, or use it with ``async with``."""
@@ -46,14 +50,25 @@ class ConsoleSink:
 class ConsoleWriter(BufferedWriter):
     """The writer of a :class:`ConsoleSink`."""
 
+    stores_dead_letters = True
+
     def __init__(self, sink: ConsoleSink, stream: TextIO) -> None:
         super().__init__(name="ConsoleSink", flush_rows=sink.flush_rows, retry=RetryPolicy.never())
         self._stream = stream
+        self._dead = sink.dead_letter_stream if sink.dead_letter_stream is not None else sys.stderr
         self._lines = _json_lines if sink.format == "json" else _text_lines
+        self._letter = dead_letter_json if sink.format == "json" else _letter_text
 
     async def persist(self, pending: PendingRecords) -> None:
-        self._stream.writelines(self._lines(pending))
-        self._stream.flush()
+        try:
+            self._stream.writelines(self._lines(pending))
+            self._stream.flush()
+            letters = pending.dead_letters()
+            if letters:
+                self._dead.writelines(self._letter(letter) + "\n" for letter in letters)
+                self._dead.flush()
+        except (OSError, ValueError) as exc:  # a closed pipe, a closed file
+            raise SinkFatalError(f"cannot write to the console: {exc}") from exc
 
 
 def _text_lines(pending: PendingRecords) -> Iterator[str]:
@@ -87,6 +102,15 @@ def _json_lines(pending: PendingRecords) -> Iterator[str]:
     records: list[WindowAggregate | Alert] = [*pending.aggregates(), *pending.alerts()]
     for record in records:
         yield _line(record_fields(record))
+
+
+def _letter_text(letter: DeadLetter) -> str:
+    at = letter.position
+    where = "" if at is None else f" from {at.topic}-{at.partition}@{at.offset}"
+    return (
+        f"DEAD LETTER {letter.kind} {letter.key} refused by {letter.sink}{where}: "
+        f"{letter.reason}: {letter.detail}"
+    )
 
 
 def _line(document: Mapping[str, object]) -> str:

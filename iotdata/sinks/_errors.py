@@ -67,11 +67,26 @@ class BadRowError(SinkError, InvalidInputError):
 
     The message names the record (its index in the ``write`` call and its key). Nothing from
     that ``write`` call was buffered, so nothing of it is ever written; the writer stays usable.
+    The stream runtime takes the bad record out and hands it to the route's dead letters (see
+    docs/stream.md).
     """
 
-    def __init__(self, message: str, *, index: int | None = None, record: object = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        record: object = None,
+        problem: str = "invalid",
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         #: Position of the bad record in the records given to ``write`` (None: the argument).
         self.index = index
         #: The bad record, or a :class:`~iotdata.Reading` made for the bad value of a batch.
         self.record = record
+        #: What is wrong, in one word: ``nan``, ``nul``, ``unicode``, ``time-range``,
+        #: ``int-range``, ``kind`` (a kind of record the sink does not store) or ``invalid``.
+        self.problem = problem
+        #: Why, without naming the record (the message does both).
+        self.reason = message if reason is None else reason

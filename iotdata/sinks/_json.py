@@ -11,6 +11,17 @@
 Times are integer microseconds since the epoch (UTC). Strict JSON (message payloads and the
 ``extra`` columns) cannot hold NaN or the infinities: there they are the strings ``"NaN"``,
 ``"Infinity"`` and ``"-Infinity"``, as in the protobuf JSON mapping. Plain functions, no I/O.
+
+A dead letter is one object too, its refused record inside (whatever its fields hold: a value
+JSON cannot hold is written as its ``repr``), in ASCII so that any text column keeps it::
+
+    {"kind": "dead_letter", "sink": "SqliteSink('iot.db')", "reason": "nan",
+     "detail": "this sink cannot store NaN", "key": "pump-7/1200", "record": {"kind":
+     "reading", "device_id": "pump-7", "metric": "rpm", "ts": 1714521603000000,
+     "value": "NaN", "seq": 1200, "value_type": "float"}, "topic": "iotdata.telemetry",
+     "partition": 3, "offset": 41}
+
+(``value_type``, for a reading only, is ``float``, ``int``, ``bool``, ``str`` or ``null``.)
 """
 
 from __future__ import annotations
@@ -20,13 +31,25 @@ import math
 from collections.abc import Mapping
 from typing import Union
 
-from iotdata.sinks._records import Alert, WindowAggregate
+import attrs
 
-__all__ = ["decode_float", "encode_extra", "record_fields", "strict_json", "strict_value"]
+from iotdata.sinks._records import Alert, DeadLetter, WindowAggregate
+
+__all__ = [
+    "dead_letter_fields",
+    "dead_letter_json",
+    "decode_float",
+    "encode_extra",
+    "record_fields",
+    "record_json",
+    "strict_json",
+    "strict_value",
+]
 
 JsonValue = Union[str, int, float, bool, None, dict[str, "JsonValue"]]  # noqa: UP007
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_VALUE_TYPES = {float: "float", int: "int", bool: "bool", str: "str", type(None): "null"}
 
 
 def record_fields(record: WindowAggregate | Alert) -> dict[str, JsonValue]:
@@ -61,6 +84,51 @@ def record_fields(record: WindowAggregate | Alert) -> dict[str, JsonValue]:
 def strict_json(record: WindowAggregate | Alert) -> bytes:
     """``record`` as strict JSON in UTF-8 (non-finite floats as strings)."""
     return _dumps(_strict(record_fields(record))).encode("utf-8")
+
+
+def dead_letter_fields(letter: DeadLetter) -> dict[str, JsonValue]:
+    """``letter`` as strict JSON values: never fails, whatever the refused record holds."""
+    record = letter.record
+    fields: dict[str, JsonValue] = {"kind": letter.kind}
+    for field in attrs.fields(type(record)):
+        fields[field.name] = _any(getattr(record, field.name))
+    if letter.kind == "reading":  # "NaN" the float and "NaN" the text read alike otherwise
+        fields["value_type"] = _VALUE_TYPES.get(type(record.value), "other")  # type: ignore[union-attr]
+    position = letter.position
+    return {
+        "kind": "dead_letter",
+        "sink": letter.sink,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "key": letter.key,
+        "record": fields,
+        "topic": None if position is None else position.topic,
+        "partition": None if position is None else position.partition,
+        "offset": None if position is None else position.offset,
+    }
+
+
+def dead_letter_json(letter: DeadLetter) -> str:
+    """The dead letter's document, as ASCII strict JSON."""
+    return json.dumps(dead_letter_fields(letter), allow_nan=False, separators=(",", ":"))
+
+
+def record_json(letter: DeadLetter) -> str:
+    """Only the refused record of ``letter``, as ASCII strict JSON (the ``record`` columns)."""
+    document = dead_letter_fields(letter)["record"]
+    return json.dumps(document, allow_nan=False, separators=(",", ":"))
+
+
+def _any(value: object) -> JsonValue:
+    """Any field value as strict JSON holds it: floats as :func:`strict_value`, mappings item by
+    item, and what JSON has no type for as its ``repr``."""
+    if value is None or type(value) in (str, int, bool):
+        return value  # type: ignore[return-value]
+    if type(value) is float:
+        return _strict_float(value)
+    if isinstance(value, Mapping):
+        return {str(name): _any(item) for name, item in value.items()}
+    return repr(value)
 
 
 def encode_extra(extra: Mapping[str, float | None]) -> str:

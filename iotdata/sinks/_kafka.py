@@ -6,11 +6,15 @@ device id, so one device's records stay in one partition and in order:
 * readings: one record per batch, its value the batch as an iotdata frame
   (``content-type: application/vnd.iotdata.batch``), as the gateway writes telemetry;
 * aggregates and alerts: one record each, JSON (``content-type: application/json``, see
-  :mod:`iotdata.sinks._json`).
+  :mod:`iotdata.sinks._json`);
+* dead letters (records a sink refused) to ``dead_letters_topic``, the gateway's
+  ``iotdata.dlq`` by default: one JSON record each, with ``reason``, ``detail`` and ``sink``
+  headers.
 
 Every record carries an ``idempotency-key`` header: ``device_id/first_seq-last_seq`` for a
 batch, ``device_id/metric/window_start/revision`` for an aggregate, ``device_id/detector/ts``
-for an alert (``%`` and ``/`` inside a name written ``%25`` and ``%2F``). A flush returns once
+for an alert, ``sink/kind/key`` for a dead letter (``%`` and ``/`` inside a name written
+``%25`` and ``%2F``). A flush returns once
 Kafka acknowledged every record (``acks=all``); a failed flush is sent again whole, so a topic
 may hold a record twice: consumers deduplicate by key.
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -38,8 +42,15 @@ from iotdata.errors import (
 )
 from iotdata.model import Batch
 from iotdata.sinks._errors import SinkError, SinkFatalError, SinkRetriableError
-from iotdata.sinks._json import strict_json
-from iotdata.sinks._records import Alert, PendingRecords, RecordKind, WindowAggregate
+from iotdata.sinks._json import dead_letter_json, strict_json
+from iotdata.sinks._records import (
+    Alert,
+    DeadLetter,
+    PendingRecords,
+    RecordKind,
+    WindowAggregate,
+    joined_key,
+)
 from iotdata.sinks._retry import RetryPolicy
 from iotdata.sinks._writer import BufferedWriter, Opening
 
@@ -55,6 +66,7 @@ __all__ = [
     "aggregate_key",
     "alert_key",
     "batch_key",
+    "dead_letter_key",
     "kafka_messages",
 ]
 
@@ -84,7 +96,7 @@ class KafkaMessage:
         return f"{self.topic}:{key.decode(errors='replace')}"
 
 
-def _topic(_self: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+def _topic(_self: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None:
         from iotdata.kafka import TopicSpec  # noqa: PLC0415 (checks the name as Kafka does)
 
@@ -95,7 +107,9 @@ def _topic(_self: object, attribute: attrs.Attribute[str | None], value: str | N
 class KafkaSink:
     """Records to Kafka topics: ``readings_topic``, ``aggregates_topic``, ``alerts_topic``.
 
-    Only the kinds with a topic are stored; a record of another kind is a bad row. ``kafka``
+    Only the kinds with a topic are stored; a record of another kind is a bad row. The records
+    the sink refuses, when the stream runtime dead-letters them, go to ``dead_letters_topic``
+    (the gateway's ``iotdata.dlq`` by default; None: elsewhere, see docs/stream.md). ``kafka``
     is the bootstrap servers (``host:port[,host:port]``) or full
     :class:`~iotdata.kafka.ProducerSettings` (client id, compression, ``delivery_timeout``...).
     ``flush_rows`` bounds the writer's buffer; ``retry`` applies to connecting and flushing.
@@ -105,6 +119,7 @@ class KafkaSink:
     readings_topic: str | None = attrs.field(default=None, validator=_topic)
     aggregates_topic: str | None = attrs.field(default=None, validator=_topic)
     alerts_topic: str | None = attrs.field(default=None, validator=_topic)
+    dead_letters_topic: str | None = attrs.field(default="iotdata.dlq", validator=_topic)
     flush_rows: int = 10_000
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
 
@@ -153,16 +168,19 @@ class KafkaWriter(BufferedWriter):
             name=f"KafkaSink({settings.bootstrap})", flush_rows=sink.flush_rows, retry=sink.retry
         )
         self.kinds = frozenset(sink.topics)
+        self.stores_dead_letters = sink.dead_letters_topic is not None
         self.bootstrap = settings.bootstrap
         self._settings = settings
         self._topics = sink.topics
+        self._dead_letters = sink.dead_letters_topic
         self._producer: PartitionedProducer | None = None
 
     async def setup(self) -> None:
         """Start the producer and fetch the topics' partitions (one attempt)."""
         producer = await self._started()
+        topics = [*self._topics.values(), *filter(None, [self._dead_letters])]
         try:
-            for topic in self._topics.values():
+            for topic in topics:
                 await producer.partitions(topic)
         except IotDataError as exc:
             raise await self._failed(exc) from exc
@@ -171,7 +189,7 @@ class KafkaWriter(BufferedWriter):
         producer = await self._started()
         sent: list[asyncio.Future[Delivered]] = []
         try:
-            for message in kafka_messages(pending, self._topics):
+            for message in kafka_messages(pending, self._topics, self._dead_letters):
                 sent.append(await _send(producer, message))  # noqa: PERF401 (kept if one fails)
         except BaseException as exc:
             _forget(sent)
@@ -249,9 +267,12 @@ def _sink_error(exc: IotDataError) -> SinkError:
 
 
 def kafka_messages(
-    pending: PendingRecords, topics: Mapping[RecordKind, str]
+    pending: PendingRecords,
+    topics: Mapping[RecordKind, str],
+    dead_letters_topic: str | None = None,
 ) -> Iterator[KafkaMessage]:
-    """The Kafka records of ``pending``, for the kinds that have a topic in ``topics``."""
+    """The Kafka records of ``pending``, for the kinds that have a topic in ``topics`` (and the
+    dead letters, to ``dead_letters_topic``)."""
     if "readings" in topics:
         for batch in pending.batches():
             message = _batch_message(topics["readings"], batch)
@@ -263,6 +284,9 @@ def kafka_messages(
     if "alerts" in topics:
         for alert in pending.alerts():
             yield _json_message(topics["alerts"], alert, alert_key(alert))
+    if dead_letters_topic is not None:
+        for letter in pending.dead_letters():
+            yield _dead_letter_message(dead_letters_topic, letter)
 
 
 def batch_key(batch: Batch) -> str | None:
@@ -285,8 +309,12 @@ def alert_key(alert: Alert) -> str:
     return _joined((alert.device_id, alert.detector, alert.ts))
 
 
-def _joined(parts: tuple[object, ...]) -> str:
-    return "/".join(str(part).replace("%", "%25").replace("/", "%2F") for part in parts)
+def dead_letter_key(letter: DeadLetter) -> str:
+    """``sink/kind/key``."""
+    return _joined((letter.sink, letter.kind, letter.key))
+
+
+_joined = joined_key
 
 
 def _batch_message(topic: str, batch: Batch) -> KafkaMessage | None:
@@ -299,6 +327,18 @@ def _batch_message(topic: str, batch: Batch) -> KafkaMessage | None:
         raise SinkFatalError(f"the batch {key} cannot be encoded: {exc}") from exc
     headers = (("content-type", BATCH_CONTENT_TYPE), ("idempotency-key", key.encode()))
     return KafkaMessage(topic, batch.device_id.encode(), frame, headers)
+
+
+def _dead_letter_message(topic: str, letter: DeadLetter) -> KafkaMessage:
+    headers = (
+        ("content-type", JSON_CONTENT_TYPE),
+        ("idempotency-key", dead_letter_key(letter).encode()),
+        ("reason", letter.reason.encode()),
+        ("detail", letter.detail.encode()),
+        ("sink", letter.sink.encode()),
+    )
+    key = (letter.device_id or "").encode()
+    return KafkaMessage(topic, key, dead_letter_json(letter).encode(), headers)
 
 
 def _json_message(topic: str, record: WindowAggregate | Alert, key: str) -> KafkaMessage:

@@ -5,10 +5,12 @@ Layout under ``root``::
     readings/date=2024-05-01/bucket=03/telemetry-p3-o00000000000000001200.parquet
     aggregates/date=.../bucket=.../...
     alerts/date=.../bucket=.../...
+    dead_letters/telemetry-p3-o00000000000000001200.parquet
     _iotdata/journal/telemetry/3.json
 
 Rows go to the date (UTC) of their time and to a bucket of their device (crc32 of the id modulo
-``buckets``). A file is named after the source position of the first record flushed into it:
+``buckets``); dead letters (records the sink refused, whose time may be what is wrong) to one
+folder. A file is named after the source position of the first record flushed into it:
 topic, partition and offset. A replay from that offset writes the same names, so it overwrites
 instead of duplicating; the journal lists what each flush wrote, so that a replay whose flushes
 end elsewhere also removes the files it supersedes. Records written without a position go to
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -48,7 +51,7 @@ from iotdata.sinks._retry import RetryPolicy
 from iotdata.sinks._validate import RowLimits
 from iotdata.sinks._writer import BufferedWriter, Opening
 
-__all__ = ["ParquetSink", "ParquetWriter"]
+__all__ = ["ParquetSink", "ParquetWriter", "translate_os_error"]
 
 log = logging.getLogger("iotdata.sinks")
 T = TypeVar("T")
@@ -63,6 +66,7 @@ _DICTIONARY_COLUMNS = {
     "readings": ["device_id", "metric", "value_text"],
     "aggregates": ["device_id", "metric"],
     "alerts": ["device_id", "detector", "metric", "severity"],
+    "dead_letters": ["sink", "kind", "reason", "topic"],
 }
 
 
@@ -101,7 +105,7 @@ class ParquetSink:
         loop = asyncio.get_running_loop()
         try:
             filesystem, base = await self.retry.call(
-                lambda: loop.run_in_executor(executor, _translated, lambda: self._resolve(arrow)),
+                lambda: loop.run_in_executor(executor, _opening, lambda: self._resolve(arrow)),
                 what=f"opening {os.fspath(self.root)!r}",
             )
         except BaseException:
@@ -119,11 +123,24 @@ class ParquetSink:
             filesystem, base = arrow.fs.LocalFileSystem(), os.path.abspath(root)
         base = base.rstrip("/")
         filesystem.create_dir(base, recursive=True)
+        if isinstance(filesystem, arrow.fs.LocalFileSystem):
+            _probe(base)
         return filesystem, base
+
+
+def _probe(folder: str) -> None:
+    """Create and remove a file in ``folder``: a folder we may not write to (permissions, a
+    read-only mount) fails the open, not the first flush."""
+    probe = os.path.join(folder, f".iotdata-probe-{uuid.uuid4().hex}")
+    with open(probe, "xb"):
+        pass
+    os.remove(probe)
 
 
 class ParquetWriter(BufferedWriter):
     """The writer of a :class:`ParquetSink`; made by ``ParquetSink.open()``."""
+
+    stores_dead_letters = True
 
     def __init__(
         self,
@@ -163,6 +180,10 @@ class ParquetWriter(BufferedWriter):
             files = self._write_readings(name, group.columns())
             files += self._write_rows("aggregates", name, group.aggregates(), _window_day)
             files += self._write_rows("alerts", name, group.alerts(), _alert_day)
+            letters = group.dead_letters()
+            if letters:
+                table = self._arrow.dead_letters(letters)
+                files.append(self._write_file("dead_letters", "dead_letters", name, table))
             if position is not None:
                 self._record(position, files)
 
@@ -204,6 +225,10 @@ class ParquetWriter(BufferedWriter):
         width = len(str(self._sink.buckets - 1))
         folder = f"{kind}/date={(_EPOCH + _dt.timedelta(days=day)).isoformat()}"
         folder += f"/bucket={bucket:0{width}d}"
+        return self._write_file(kind, folder, name, table)
+
+    def _write_file(self, kind: str, folder: str, name: str, table: Any) -> str:
+        """``table`` as ``{folder}/{name}.parquet`` (under a temporary name, then renamed)."""
         relative = f"{folder}/{name}.parquet"
         directory = f"{self._base}/{folder}"
         self._fs.create_dir(directory, recursive=True)
@@ -329,6 +354,8 @@ def _file_name(position: SourcePosition | None, group: PendingRecords) -> str:
         digest.update(repr((aggregate.key, aggregate.revision)).encode())
     for alert in group.alerts():
         digest.update(repr(alert.key).encode())
+    for letter in group.dead_letters():
+        digest.update(repr(letter.identity).encode())
     return f"keys-{digest.hexdigest()}"
 
 
@@ -351,9 +378,46 @@ def _translated(operation: Callable[[], T]) -> T:
         return operation()
     except SinkError:
         raise
-    except PermissionError as exc:
-        raise SinkFatalError(f"no permission to write Parquet files: {exc}") from exc
     except OSError as exc:
-        raise SinkRetriableError(f"writing Parquet files failed: {exc}") from exc
+        raise translate_os_error(exc) from exc
     except (TypeError, ValueError) as exc:
         raise SinkFatalError(f"pyarrow refused the rows: {exc}") from exc
+
+
+def _opening(operation: Callable[[], T]) -> T:
+    """:func:`_translated` for the open: a root that cannot be made is a configuration error."""
+    try:
+        return _translated(operation)
+    except SinkRetriableError as exc:
+        if getattr(exc.__cause__, "errno", None) == errno.ENOENT:
+            raise SinkFatalError(f"cannot make the Parquet root folder: {exc.__cause__}") from exc
+        raise
+
+
+#: File system errors that retrying will not cure: someone must change the configuration (a
+#: root that is a file, a read-only mount, permissions, a name the file system cannot hold).
+_FATAL_ERRNOS = {
+    errno.EACCES: "no permission",
+    errno.EPERM: "no permission",
+    errno.EROFS: "a read-only file system",
+    errno.ENOTDIR: "a path through something that is not a folder",
+    errno.EEXIST: "something that is not a folder is in the way",
+    errno.EISDIR: "a folder is in the way of a file",
+    errno.ENAMETOOLONG: "a name too long for the file system",
+    errno.ELOOP: "a loop of symbolic links",
+    errno.EINVAL: "a name the file system refuses",
+}
+
+
+def translate_os_error(exc: OSError) -> SinkError:
+    """The sink error for a file system error: fatal when retrying cannot help (see
+    ``_FATAL_ERRNOS``), retriable otherwise (a full disk, an I/O or network error, an object
+    store's throttling)."""
+    why = _FATAL_ERRNOS.get(exc.errno) if exc.errno is not None else None
+    if why is None and isinstance(exc, PermissionError):
+        why = "no permission"
+    if why is None:
+        return SinkRetriableError(f"writing Parquet files failed: {exc}")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        why += " (the root, or a folder under it, is not a folder)"
+    return SinkFatalError(f"cannot write Parquet files, {why}: {exc}")

@@ -34,8 +34,10 @@ from iotdata.sinks._sql import (
     AGGREGATE_EXTRA,
     AGGREGATE_KEY,
     ALERT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
     READING_COLUMNS,
     check_prefix,
+    dead_letter_rows,
 )
 from iotdata.sinks._validate import INT64_MAX, RowLimits
 from iotdata.sinks._writer import BufferedWriter, Opening
@@ -100,6 +102,20 @@ _CREATE = {
         PRIMARY KEY (device_id, detector, ts)
     )""",
 }
+#: The records the sink refused (see docs/stream.md); never a hypertable.
+_DEAD_LETTERS = """CREATE TABLE IF NOT EXISTS {table} (
+    sink text NOT NULL,
+    kind text NOT NULL,
+    key text NOT NULL,
+    device_id text,
+    reason text NOT NULL,
+    detail text NOT NULL,
+    record text NOT NULL,
+    topic text,
+    partition integer,
+    "offset" bigint,
+    PRIMARY KEY (sink, kind, key)
+)"""
 #: Adds the ``extra`` column to an aggregates table made by an earlier iotdata.
 _ADD_EXTRA = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS extra jsonb NOT NULL DEFAULT '{{}}'"
 _TIME_COLUMN = {"readings": "ts", "aggregates": "window_start", "alerts": "ts"}
@@ -121,8 +137,9 @@ class PostgresSink:
     """Readings, aggregates and alerts in PostgreSQL (TimescaleDB hypertables when available).
 
     ``dsn`` is a libpq connection string or URL. Tables are ``{table_prefix}readings``,
-    ``{table_prefix}aggregates`` and ``{table_prefix}alerts`` in ``schema`` (default: the
-    search path); ``create_tables`` creates missing ones at open. ``hypertable`` None makes
+    ``{table_prefix}aggregates``, ``{table_prefix}alerts`` and ``{table_prefix}dead_letters``
+    (the records the sink refuses) in ``schema`` (default: the search path); ``create_tables``
+    creates missing ones at open. ``hypertable`` None makes
     them hypertables when the timescaledb extension is installed in the database (the readings
     key then includes ``ts``); True requires it, False never does.
 
@@ -158,6 +175,8 @@ class PostgresSink:
 
 class PostgresWriter(BufferedWriter):
     """The writer of a :class:`PostgresSink`; made by ``PostgresSink.open()``."""
+
+    stores_dead_letters = True
 
     def __init__(self, sink: PostgresSink, psycopg_module: ModuleType) -> None:
         super().__init__(
@@ -239,6 +258,8 @@ class PostgresWriter(BufferedWriter):
                         "SELECT create_hypertable(%s::regclass, %s, if_not_exists => TRUE)",
                         (queries.table_names[kind], _TIME_COLUMN[kind]),
                     )
+            ddl = self._pg.sql.SQL(_DEAD_LETTERS).format(table=queries.dead_letters)
+            await conn.execute(ddl)
             if await self._extra_type(conn) is None:  # ALTER locks the table: only when needed
                 log.info("adding the column extra to %s", queries.table_names["aggregates"])
                 add = self._pg.sql.SQL(_ADD_EXTRA).format(table=queries.tables["aggregates"])
@@ -269,6 +290,15 @@ class PostgresWriter(BufferedWriter):
             raise SinkFatalError(
                 f"PostgreSQL table {table} has a column extra of type {extra}, not jsonb: "
                 f"convert it (ALTER TABLE {table} ALTER COLUMN extra TYPE jsonb USING ...)"
+            )
+        cursor = await conn.execute("SELECT to_regclass(%s)", (queries.dead_letters_name,))
+        row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            create = " ".join(_DEAD_LETTERS.format(table=queries.dead_letters_name).split())
+            raise SinkFatalError(
+                f"PostgreSQL has no table {queries.dead_letters_name} for the records the sink "
+                f"refuses (the tables were made by an earlier iotdata): pass "
+                f"create_tables=True, or run {create}"
             )
 
     async def _extra_type(self, conn: psycopg.AsyncConnection[Any]) -> str | None:
@@ -308,6 +338,9 @@ class PostgresWriter(BufferedWriter):
             if alerts:
                 await self._copy(cursor, queries.copy["alerts"], [encode_alerts(alerts)])
                 await cursor.execute(queries.insert["alerts"])
+            letters = pending.dead_letters()
+            if letters:  # rare: one statement a row is fast enough
+                await cursor.executemany(queries.insert_dead_letters, dead_letter_rows(letters))
 
     async def _copy(
         self, cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, rows: Iterable[bytes]
@@ -410,6 +443,9 @@ class _Queries:
     insert: dict[str, sql.Composed]
     insert_plain: sql.Composed
     upsert_aggregates: sql.Composed
+    dead_letters: sql.Composable
+    dead_letters_name: str
+    insert_dead_letters: sql.Composed
 
     @classmethod
     def build(cls, sql_module: ModuleType, sink: PostgresSink) -> _Queries:
@@ -449,7 +485,29 @@ class _Queries:
         upsert = select["aggregates"] + sql.SQL(
             " ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE EXCLUDED.revision >= t.revision"
         ).format(key=sql.SQL(", ").join(map(sql.Identifier, AGGREGATE_KEY)), updates=updates)
-        return cls(tables, names, staging, copy, insert, select["readings"], upsert)
+        name = f"{sink.table_prefix}dead_letters"
+        parts = (name,) if sink.schema is None else (sink.schema, name)
+        letters = sql.Identifier(*parts)
+        insert_letters = sql.SQL(
+            "INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+        ).format(
+            table=letters,
+            cols=sql.SQL(", ").join(map(sql.Identifier, DEAD_LETTER_COLUMNS)),
+            marks=sql.SQL(", ").join([sql.Placeholder()] * len(DEAD_LETTER_COLUMNS)),
+        )
+        letters_name = ".".join(_quote(part) for part in parts)
+        return cls(
+            tables,
+            names,
+            staging,
+            copy,
+            insert,
+            select["readings"],
+            upsert,
+            letters,
+            letters_name,
+            insert_letters,
+        )
 
 
 def _quote(identifier: str) -> str:

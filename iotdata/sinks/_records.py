@@ -7,6 +7,9 @@ Three kinds of records, each with its idempotency key:
   (with its ``extra`` statistics: a row is replaced whole, never merged);
 * :class:`Alert`: ``(device_id, detector, ts)``, the first one written stays.
 
+A :class:`DeadLetter` is a record a sink refused, with why; sinks that keep dead letters store
+them keyed on ``(sink, kind, key)``, the first one written stays.
+
 Everything here is plain values and pure functions: no I/O.
 """
 
@@ -17,18 +20,20 @@ from typing import Literal
 
 import attrs
 
-from iotdata.model import Batch, Column
+from iotdata.model import Batch, Column, Reading
 
 __all__ = [
     "ALL_KINDS",
     "Alert",
     "Chunk",
+    "DeadLetter",
     "PendingRecords",
     "ReadingColumn",
     "RecordKind",
     "SourcePosition",
     "ValueKind",
     "WindowAggregate",
+    "joined_key",
 ]
 
 RecordKind = Literal["readings", "aggregates", "alerts"]
@@ -156,6 +161,76 @@ class Alert:
         return (self.device_id, self.detector, self.ts)
 
 
+def joined_key(parts: Sequence[object]) -> str:
+    """``parts`` joined by ``/``, a ``%`` or ``/`` inside a part written ``%25`` or ``%2F``."""
+    return "/".join(str(part).replace("%", "%25").replace("/", "%2F") for part in parts)
+
+
+#: Longest dead-letter ``detail`` and ``sink``, in characters.
+MAX_DETAIL = 1024
+
+
+def _clean_text(value: object) -> str:
+    """``value`` as text any store keeps: no NUL, no lone surrogate, at most MAX_DETAIL."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text[:MAX_DETAIL]
+
+
+DeadLetterKind = Literal["reading", "aggregate", "alert"]
+
+
+@attrs.frozen
+class DeadLetter:
+    """A record a sink refused, with why; the stream runtime writes these to a route's dead
+    letters (see docs/stream.md) instead of stopping.
+
+    ``record`` is the refused :class:`~iotdata.Reading` (one of a batch), aggregate or alert;
+    ``reason`` the refusal's one-word problem (``nan``, ``nul``, ``time-range``, ... as
+    :attr:`BadRowError.problem <iotdata.sinks.BadRowError.problem>`), ``detail`` its message,
+    ``sink`` the name of the sink that refused it, and ``position`` the source record that
+    carried it (None for records made by the clock, such as windows closed on idle).
+
+    Its key is ``(sink, kind, key)``: ``key`` is ``device_id/seq`` for a reading,
+    ``device_id/metric/window_start/revision`` for an aggregate (each revision is a record of
+    its own) and ``device_id/detector/ts`` for an alert, so a replay stores it once.
+    """
+
+    record: Reading | WindowAggregate | Alert
+    reason: str = attrs.field(converter=_clean_text)
+    detail: str = attrs.field(converter=_clean_text)
+    sink: str = attrs.field(converter=_clean_text)
+    position: SourcePosition | None = None
+
+    @property
+    def kind(self) -> DeadLetterKind:
+        """``reading``, ``aggregate`` or ``alert``."""
+        if isinstance(self.record, WindowAggregate):
+            return "aggregate"
+        return "alert" if isinstance(self.record, Alert) else "reading"
+
+    @property
+    def key(self) -> str:
+        """The record's key as text (see the class docstring)."""
+        r = self.record
+        if isinstance(r, WindowAggregate):
+            return joined_key((r.device_id, r.metric, r.window_start, r.revision))
+        if isinstance(r, Alert):
+            return joined_key((r.device_id, r.detector, r.ts))
+        return joined_key((r.device_id, r.seq))
+
+    @property
+    def device_id(self) -> str | None:
+        """The record's device id (cleaned as text), None when it has no usable one."""
+        device = self.record.device_id
+        return _clean_text(device) if isinstance(device, str) else None
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """``(sink, kind, key)``: what the stores key dead letters on."""
+        return (self.sink, self.kind, self.key)
+
+
 @attrs.frozen
 class ReadingColumn:
     """One column of a batch as a sink sees it: its device, and what kind its values are."""
@@ -178,10 +253,12 @@ class Chunk:
     aggregates: tuple[WindowAggregate, ...] = ()
     alerts: tuple[Alert, ...] = ()
     batches: tuple[Batch, ...] = ()
+    dead_letters: tuple[DeadLetter, ...] = ()
 
     @property
     def rows(self) -> int:
-        return sum(len(c.column) for c in self.columns) + len(self.aggregates) + len(self.alerts)
+        records = len(self.aggregates) + len(self.alerts) + len(self.dead_letters)
+        return sum(len(c.column) for c in self.columns) + records
 
 
 @attrs.frozen
@@ -225,6 +302,14 @@ class PendingRecords:
         for chunk in self.chunks:
             for alert in chunk.alerts:
                 first.setdefault(alert.key, alert)
+        return list(first.values())
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """One dead letter per ``(sink, kind, key)``: the first one."""
+        first: dict[tuple[str, str, str], DeadLetter] = {}
+        for chunk in self.chunks:
+            for letter in chunk.dead_letters:
+                first.setdefault(letter.identity, letter)
         return list(first.values())
 
     def by_source(self) -> list[tuple[SourcePosition | None, PendingRecords]]:

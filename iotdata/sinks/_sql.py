@@ -8,6 +8,10 @@ aggregates  device_id, metric, window_start, window_end, count, min, max, sum, r
             object of the further statistics (non-finite floats as "NaN", "Infinity", ...)
 alerts      device_id, detector, ts, metric, value, score, severity, message
             key (device_id, detector, ts); the first one stays
+dead_letters sink, kind, key, device_id, reason, detail, record, topic, partition, offset
+            key (sink, kind, key); the first one stays; record is the refused record as
+            ASCII strict JSON (see :func:`iotdata.sinks._json.dead_letter_fields`), topic,
+            partition and offset the source record that carried it (NULL when none did)
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 from iotdata.model import Value
-from iotdata.sinks._json import encode_extra
-from iotdata.sinks._records import Alert, ReadingColumn, ValueKind, WindowAggregate
+from iotdata.sinks._json import encode_extra, record_json
+from iotdata.sinks._records import Alert, DeadLetter, ReadingColumn, ValueKind, WindowAggregate
 
 __all__ = [
     "AGGREGATE_COLUMNS",
@@ -25,12 +29,15 @@ __all__ = [
     "AGGREGATE_KEY",
     "ALERT_COLUMNS",
     "ALERT_KEY",
+    "DEAD_LETTER_COLUMNS",
+    "DEAD_LETTER_KEY",
     "READING_COLUMNS",
     "READING_KEY",
     "VALUE_COLUMN",
     "aggregate_rows",
     "alert_rows",
     "check_prefix",
+    "dead_letter_rows",
     "reading_rows",
     "split_values",
 ]
@@ -63,6 +70,19 @@ AGGREGATE_KEY = ("device_id", "metric", "window_start")
 AGGREGATE_EXTRA = "extra"
 ALERT_COLUMNS = ("device_id", "detector", "ts", "metric", "value", "score", "severity", "message")
 ALERT_KEY = ("device_id", "detector", "ts")
+DEAD_LETTER_COLUMNS = (
+    "sink",
+    "kind",
+    "key",
+    "device_id",
+    "reason",
+    "detail",
+    "record",
+    "topic",
+    "partition",
+    "offset",
+)
+DEAD_LETTER_KEY = ("sink", "kind", "key")
 
 #: The value column of each single-type kind of column (``null`` columns have none).
 VALUE_COLUMN: dict[ValueKind, str] = {
@@ -133,6 +153,23 @@ def alert_rows(alerts: Iterable[Alert]) -> Iterator[tuple[object, ...]]:
             _float(a.score),
             a.severity,
             a.message,
+        )
+
+
+def dead_letter_rows(letters: Iterable[DeadLetter]) -> Iterator[tuple[object, ...]]:
+    for d in letters:
+        at = d.position
+        yield (
+            d.sink,
+            d.kind,
+            d.key,
+            d.device_id,
+            d.reason,
+            d.detail,
+            record_json(d),
+            None if at is None else at.topic,
+            None if at is None else at.partition,
+            None if at is None else at.offset,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import Literal, TypeVar
 
 import attrs
 
+from iotdata.errors import InvalidInputError
 from iotdata.sinks._errors import (
     SinkBackpressureError,
     SinkError,
@@ -30,11 +32,13 @@ from iotdata.sinks._sql import (
     AGGREGATE_EXTRA,
     AGGREGATE_KEY,
     ALERT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
     READING_COLUMNS,
     VALUE_COLUMN,
     aggregate_rows,
     alert_rows,
     check_prefix,
+    dead_letter_rows,
     reading_rows,
 )
 from iotdata.sinks._validate import RowLimits
@@ -87,15 +91,46 @@ CREATE TABLE IF NOT EXISTS "{p}alerts" (
     message TEXT NOT NULL,
     PRIMARY KEY (device_id, detector, ts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS "{p}dead_letters" (
+    sink TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    device_id TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    record TEXT NOT NULL,
+    topic TEXT,
+    partition INTEGER,
+    "offset" INTEGER,
+    PRIMARY KEY (sink, kind, key)
+) WITHOUT ROWID;
 """
+_TABLES = ("readings", "aggregates", "alerts")
+
+
+def _synchronous(_self: object, _attribute: object, value: object) -> None:
+    if value not in ("normal", "full"):
+        raise InvalidInputError(f"synchronous must be 'normal' or 'full', not {value!r}")
+
+
+def _seconds(_self: object, attribute: attrs.Attribute[float], value: object) -> None:
+    number = isinstance(value, (int, float)) and type(value) is not bool
+    if not number or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise InvalidInputError(f"{attribute.name} must be a number of seconds >= 0: {value!r}")
+
+
+def _at_least_one(_self: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or value < 1:
+        raise InvalidInputError(f"{attribute.name} must be an int >= 1, not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
 class SqliteSink:
     """Readings, aggregates and alerts in one SQLite file (see docs/sinks.md for the schema).
 
-    ``table_prefix`` is put before the table names (``readings``, ``aggregates``, ``alerts``);
-    ``create_tables`` creates missing tables at open. ``synchronous="normal"`` (WAL) keeps
+    ``table_prefix`` is put before the table names (``readings``, ``aggregates``, ``alerts``,
+    and ``dead_letters`` for the records the sink refuses); ``create_tables`` creates missing
+    tables at open. ``synchronous="normal"`` (WAL) keeps
     every flush through a crash of the process; ``"full"`` also through a power cut, at the
     cost of an fsync per flush. ``busy_timeout`` is how long a flush waits for another writer's
     lock (seconds). ``flush_rows`` bounds the writer's buffer.
@@ -104,9 +139,9 @@ class SqliteSink:
     path: str | os.PathLike[str]
     table_prefix: str = attrs.field(default="", validator=lambda _s, _a, v: check_prefix(v))
     create_tables: bool = True
-    synchronous: Literal["normal", "full"] = "normal"
-    busy_timeout: float = 5.0
-    flush_rows: int = 100_000
+    synchronous: Literal["normal", "full"] = attrs.field(default="normal", validator=_synchronous)
+    busy_timeout: float = attrs.field(default=5.0, validator=_seconds)
+    flush_rows: int = attrs.field(default=100_000, validator=_at_least_one)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
 
     def open(self) -> Opening[SqliteWriter]:
@@ -137,19 +172,34 @@ class SqliteSink:
                 connection.executescript(_DDL.format(p=self.table_prefix))
             self._check_tables(connection)
             self._check_extra(connection)
+            self._check_dead_letters(connection)
         except BaseException:
             connection.close()
             raise
         return connection
 
     def _check_tables(self, connection: sqlite3.Connection) -> None:
-        names = [f"{self.table_prefix}{kind}" for kind in ("readings", "aggregates", "alerts")]
+        names = [f"{self.table_prefix}{kind}" for kind in _TABLES]
         query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
         missing = [name for name in names if connection.execute(query, (name,)).fetchone() is None]
         if missing:
             raise SinkFatalError(
                 f"{os.fspath(self.path)!r} has no table {', '.join(missing)}: "
                 "create them, or pass create_tables=True"
+            )
+
+    def _check_dead_letters(self, connection: sqlite3.Connection) -> None:
+        """A table made by an earlier iotdata has no dead letters beside it: say how to add it
+        (``create_tables`` made it already)."""
+        name = f"{self.table_prefix}dead_letters"
+        query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
+        if connection.execute(query, (name,)).fetchone() is None:
+            ddl = _DDL.format(p=self.table_prefix)
+            create = ddl[ddl.index(f'CREATE TABLE IF NOT EXISTS "{name}"') :].strip()
+            raise SinkFatalError(
+                f"{os.fspath(self.path)!r} has no table {name} for the records the sink "
+                f"refuses (made by an earlier iotdata): pass create_tables=True, or run "
+                f"{' '.join(create.split())}"
             )
 
     def _check_extra(self, connection: sqlite3.Connection) -> None:
@@ -182,6 +232,8 @@ def _has_extra(connection: sqlite3.Connection, table: str) -> bool:
 
 class SqliteWriter(BufferedWriter):
     """The writer of a :class:`SqliteSink`; made by ``SqliteSink.open()``."""
+
+    stores_dead_letters = True
 
     def __init__(
         self, sink: SqliteSink, connection: sqlite3.Connection, executor: ThreadPoolExecutor
@@ -219,6 +271,9 @@ class SqliteWriter(BufferedWriter):
             alerts = pending.alerts()
             if alerts:
                 connection.executemany(statements.alerts, alert_rows(alerts))
+            letters = pending.dead_letters()
+            if letters:
+                connection.executemany(statements.dead_letters, dead_letter_rows(letters))
         except BaseException:
             connection.execute("ROLLBACK")
             raise
@@ -230,6 +285,7 @@ class _Statements:
     readings: dict[ValueKind, str]
     aggregates: str
     alerts: str
+    dead_letters: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> _Statements:
@@ -250,6 +306,7 @@ class _Statements:
             readings,
             _insert(f"{prefix}aggregates", AGGREGATE_COLUMNS, conflict),
             _insert(f"{prefix}alerts", ALERT_COLUMNS, "ON CONFLICT DO NOTHING"),
+            _insert(f"{prefix}dead_letters", DEAD_LETTER_COLUMNS, "ON CONFLICT DO NOTHING"),
         )
 
 

@@ -19,25 +19,26 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 import attrs
 
 from iotdata.model import Batch, Reading
-from iotdata.sinks._errors import SinkClosedError, SinkError
+from iotdata.sinks._errors import BadRowError, SinkClosedError, SinkError
 from iotdata.sinks._records import (
     ALL_KINDS,
     Alert,
     Chunk,
+    DeadLetter,
     PendingRecords,
     RecordKind,
     SourcePosition,
     WindowAggregate,
 )
 from iotdata.sinks._retry import RetryPolicy
-from iotdata.sinks._validate import RowLimits, make_chunk
+from iotdata.sinks._validate import RowLimits, make_chunk, sort_out
 
 __all__ = ["BufferedWriter", "Opening", "Record", "Records", "Sink", "SinkStats", "SinkWriter"]
 
 log = logging.getLogger("iotdata.sinks")
 
-#: One record a sink stores.
-Record = Union[Batch, Reading, WindowAggregate, Alert]  # noqa: UP007 (runtime alias, 3.10)
+#: One record a sink stores (a :class:`DeadLetter` only where the sink keeps dead letters).
+Record = Union[Batch, Reading, WindowAggregate, Alert, DeadLetter]  # noqa: UP007 (runtime alias)
 #: What ``write`` takes: one record or an iterable of them (kinds may be mixed).
 Records = Union[Record, Iterable[Record]]  # noqa: UP007
 
@@ -131,6 +132,10 @@ class BufferedWriter(abc.ABC):
     #: The record kinds this writer stores; others are refused as bad rows. Set it on the class,
     #: or on the instance when the configuration decides (the Kafka sink's topics).
     kinds: frozenset[RecordKind] = ALL_KINDS
+    #: Whether ``write`` takes :class:`DeadLetter` records (which :meth:`persist` then stores,
+    #: from ``pending.dead_letters()``, keyed on their ``identity``). A writer that does not is
+    #: given none: the stream runtime sends the records it refuses elsewhere.
+    stores_dead_letters: bool = False
 
     def __init__(
         self,
@@ -163,7 +168,9 @@ class BufferedWriter(abc.ABC):
         error of the flush this call needed first (nothing kept either).
         """
         self._check_open()
-        chunk = make_chunk(records, position, self._limits, self.kinds)
+        chunk = make_chunk(
+            records, position, self._limits, self.kinds, dead_letters=self.stores_dead_letters
+        )
         rows = chunk.rows
         if self._buffered and self._buffered + rows > self._flush_rows:
             await self.flush()
@@ -171,6 +178,19 @@ class BufferedWriter(abc.ABC):
         self._chunks.append(chunk)
         self._buffered += rows
         self._counts["written"] += rows
+
+    def sort_out(self, records: Records) -> tuple[list[Record], list[BadRowError]]:
+        """``records`` split into those ``write`` takes and a :class:`BadRowError` for each it
+        refuses (a batch with bad readings split into a batch of its good ones and an error per
+        bad reading, whose ``record`` is that reading; ``index`` is the place in ``records``).
+
+        No I/O, nothing buffered: the stream runtime calls it after a ``write`` refused, to
+        write the good records and dead-letter the others.
+        """
+        good, bad = sort_out(
+            records, self._limits, self.kinds, dead_letters=self.stores_dead_letters
+        )
+        return good, bad  # type: ignore[return-value]
 
     async def flush(self) -> None:
         """Persist everything written so far, retrying retriable failures under the policy.

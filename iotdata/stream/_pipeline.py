@@ -20,8 +20,9 @@ Data meets its parts in this order:
    metric, and any number of **detectors** (:meth:`~Pipeline.detect`); each sees every batch the
    steps let through;
 3. **routes** (:meth:`~Pipeline.to`): the sinks, each with the kinds of records it takes
-   (``"readings"``: the batches after the steps, ``"aggregates"``, ``"alerts"``), and the side
-   output for late readings (:meth:`~Pipeline.late_to`).
+   (``"readings"``: the batches after the steps, ``"aggregates"``, ``"alerts"``) and what
+   happens to the records it refuses (dead letters by default, see :class:`Route`), and the
+   side output for late readings (:meth:`~Pipeline.late_to`).
 
 :meth:`Pipeline.processor` builds the pure core the runtime runs (:class:`PipelineProcessor`:
 batches in, :class:`Emitted` records out, state per source partition, snapshots);
@@ -50,6 +51,7 @@ from iotdata.errors import InvalidInputError
 from iotdata.model import Batch
 from iotdata.sinks import ALL_KINDS, Alert, RecordKind, WindowAggregate
 from iotdata.stream._aggregations import Aggregation
+from iotdata.stream._badrows import BadRows, check_bad_rows
 from iotdata.stream._common import Duration, optional_micros
 from iotdata.stream._dedup import Dedup
 from iotdata.stream._errors import SnapshotError, StreamOperatorError
@@ -121,10 +123,29 @@ def _kinds(value: Iterable[str] | None) -> frozenset[RecordKind] | None:
 @attrs.frozen
 class Route:
     """Where a pipeline's records go: a sink (a configuration with ``open()``, or a writer you
-    opened yourself) and the record kinds it takes (None: every kind its writer stores)."""
+    opened yourself) and the record kinds it takes (None: every kind its writer stores).
+
+    ``bad_rows`` says what happens to the records the sink refuses (its
+    :class:`~iotdata.sinks.BadRowError`): ``"dead-letter"`` (the default) writes each, with
+    why, to ``dead_letters`` (a sink or writer; None: the sink's own dead letters, or standard
+    error for a sink that keeps none), ``"skip"`` counts and logs them, ``"stop"`` stops the
+    worker with the error. The good records of the same write are stored either way.
+    """
 
     sink: Any
     kinds: frozenset[RecordKind] | None = attrs.field(default=None, converter=_kinds)
+    bad_rows: BadRows = attrs.field(default="dead-letter", kw_only=True, converter=check_bad_rows)
+    dead_letters: Any = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.dead_letters is None:
+            return
+        if self.bad_rows != "dead-letter":
+            raise InvalidInputError(
+                f"dead_letters is where dead letters go: it needs bad_rows='dead-letter', "
+                f"not {self.bad_rows!r}"
+            )
+        _check_sink(self.dead_letters, "dead_letters")
 
 
 def _idle(value: object) -> int | None:
@@ -137,10 +158,10 @@ def _check_step(step: object) -> BatchStep:
     return step
 
 
-def _check_sink(sink: object) -> object:
+def _check_sink(sink: object, what: str = "a sink") -> object:
     writer = callable(getattr(sink, "write", None)) and callable(getattr(sink, "flush", None))
     if not writer and not callable(getattr(sink, "open", None)):
-        raise InvalidInputError(f"a sink needs open(), or write() and flush(): {sink!r}")
+        raise InvalidInputError(f"{what} needs open(), or write() and flush(): {sink!r}")
     return sink
 
 
@@ -248,17 +269,33 @@ class Pipeline:
 
     # --- routes --------------------------------------------------------------------------
 
-    def to(self, sink: Any, *, kinds: Iterable[str] | None = None) -> Pipeline:
+    def to(
+        self,
+        sink: Any,
+        *,
+        kinds: Iterable[str] | None = None,
+        bad_rows: BadRows = "dead-letter",
+        dead_letters: Any = None,
+    ) -> Pipeline:
         """Send records to ``sink``: a sink configuration (opened when the pipeline runs and
         closed after it) or an open writer (left open). ``kinds`` picks among ``"readings"``,
-        ``"aggregates"`` and ``"alerts"``; by default, every kind the writer stores."""
-        route = Route(_check_sink(sink), kinds)
+        ``"aggregates"`` and ``"alerts"``; by default, every kind the writer stores.
+
+        ``bad_rows`` (``"dead-letter"``, ``"skip"`` or ``"stop"``) and ``dead_letters`` (a
+        sink or writer) say what happens to the records the sink refuses (see :class:`Route`
+        and docs/stream.md)."""
+        route = Route(_check_sink(sink), kinds, bad_rows=bad_rows, dead_letters=dead_letters)
         return attrs.evolve(self, routes=(*self.routes, route))
 
-    def late_to(self, sink: Any) -> Pipeline:
+    def late_to(
+        self, sink: Any, *, bad_rows: BadRows = "dead-letter", dead_letters: Any = None
+    ) -> Pipeline:
         """Send the readings the window found late (behind its watermark) to ``sink``, as
-        readings. They are counted either way (``statistics()`` of the processor)."""
-        route = Route(_check_sink(sink), ("readings",))
+        readings. They are counted either way (``statistics()`` of the processor).
+        ``bad_rows`` and ``dead_letters`` as for :meth:`to`."""
+        route = Route(
+            _check_sink(sink), ("readings",), bad_rows=bad_rows, dead_letters=dead_letters
+        )
         return attrs.evolve(self, late_routes=(*self.late_routes, route))
 
     # --- running -------------------------------------------------------------------------
@@ -281,8 +318,14 @@ class Pipeline:
         ``until(stats)`` is true), checkpoint, close what was opened here; the final stats.
 
         ``checkpoints`` default to the source's own store (a compacted topic for Kafka, the
-        embedded log's folder or memory). ``flush_at_end`` closes every open window before the
-        last checkpoint: for a bounded input. ``max_records`` bounds a poll.
+        embedded log's folder or memory). ``checkpoint_interval`` is in seconds (>= 0).
+        ``flush_at_end`` closes every open window before the last checkpoint: for a bounded
+        input. ``max_records`` bounds a poll (an int >= 1). Settings that make no sense raise
+        :class:`~iotdata.errors.InvalidInputError` before anything is opened.
+
+        Cancelling the task stops the worker where it is, without a checkpoint (as a kill
+        would: the next run resumes at the last one), and closes the source and the sinks
+        opened here.
         """
         from iotdata.stream._runtime import run_pipeline  # noqa: PLC0415
 

@@ -19,6 +19,12 @@ consumption and memory stays bounded (a poll's outputs, and each writer's ``flus
 retriable sink failure (a database restarting, a :class:`~iotdata.sinks.SinkBackpressureError`)
 pauses the worker and is retried until it succeeds or the worker is stopped; a fatal one stops
 the worker with that error.
+
+Records a sink refuses (:class:`~iotdata.sinks.BadRowError` at ``write``) are taken out of the
+write, the good ones written, and the bad ones dead-lettered, skipped or fatal as the route
+says (see :mod:`iotdata.stream._badrows`). Dead letters go to the route's ``dead_letters``
+writer, else to the route's own writer when it keeps dead letters, else to standard error
+(one JSON line each); they are flushed with the sinks at each checkpoint.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import attrs
 from iotdata.codec import Decoder, Limits
 from iotdata.errors import DecodeError, InvalidInputError, IotDataError
 from iotdata.model import Batch
-from iotdata.sinks import ALL_KINDS, RecordKind, SinkClosedError, SinkError, SourcePosition
+from iotdata.sinks import SinkClosedError, SinkError, SourcePosition
+from iotdata.stream._badrows import OpenRoute, Origins, Refusals, Writer, open_routes
 from iotdata.stream._checkpoint import Checkpoint, CheckpointStore, MemoryCheckpoints
 from iotdata.stream._dedup import Dedup
 from iotdata.stream._pipeline import NOTHING, Emitted, Route
@@ -50,6 +57,47 @@ log = logging.getLogger("iotdata.stream")
 
 _LATENCY_SAMPLES = 10_000
 _MAX_PAUSE = 5.0
+#: How long a poll waits for records (seconds).
+_POLL_TIMEOUT = 0.2
+
+
+def check_max_records(value: object) -> int:
+    """``value`` if it can bound a poll (an int >= 1), else :class:`InvalidInputError`."""
+    if type(value) is not int or value < 1:
+        raise InvalidInputError(f"max_records must be an int >= 1, not {value!r}")
+    return value
+
+
+def check_seconds(what: str, value: object) -> float:
+    """``value`` as seconds (an int or float >= 0, not NaN; ``math.inf``: never), else
+    :class:`InvalidInputError`."""
+    if not isinstance(value, (int, float)) or type(value) is bool or not value >= 0:
+        raise InvalidInputError(f"{what} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def check_flag(what: str, value: object) -> bool:
+    if type(value) is not bool:
+        raise InvalidInputError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
+def _checkpoint_interval(value: object) -> float:
+    return check_seconds("checkpoint_interval", value)
+
+
+def _tick_interval(value: object) -> float:
+    return check_seconds("tick_interval", value)
+
+
+def _flush_at_end(value: object) -> bool:
+    return check_flag("flush_at_end", value)
+
+
+def check_until(until: object) -> Callable[[WorkerStats], bool] | None:
+    if until is not None and not callable(until):
+        raise InvalidInputError(f"until must be a function of the statistics, not {until!r}")
+    return until
 
 
 class Processor(Protocol):
@@ -109,12 +157,6 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
-class _Writer(Protocol):
-    async def write(self, records: Any, *, position: SourcePosition | None = None) -> None: ...
-
-    async def flush(self) -> None: ...
-
-
 @attrs.frozen
 class WorkerStats:
     """A snapshot of a worker."""
@@ -134,6 +176,9 @@ class WorkerStats:
     checkpoints: int
     #: Retriable sink failures the worker waited out.
     sink_retries: int
+    #: Records a sink refused (readings one by one) and their route dead-lettered, or skipped.
+    dead_lettered: int
+    skipped: int
     partitions: tuple[int, ...]
     #: Seconds from a source record's timestamp to the window results and alerts it caused
     #: being handed to the sinks, over recent records (None before any).
@@ -141,21 +186,9 @@ class WorkerStats:
     latency_p99: float | None
     #: The processor's counters (``window.late``, ``steps.0.dedup.duplicates``, ...).
     operators: dict[str, int]
-
-
-@attrs.frozen
-class _Route:
-    writer: _Writer
-    kinds: frozenset[RecordKind]
-
-
-def _routes(routes: Iterable[Route]) -> tuple[_Route, ...]:
-    """Routes over open writers, each with its kinds (those of the writer by default)."""
-    out = []
-    for route in routes:
-        kinds = route.kinds if route.kinds is not None else getattr(route.sink, "kinds", ALL_KINDS)
-        out.append(_Route(route.sink, frozenset(kinds)))
-    return tuple(out)
+    #: Records sinks refused, by problem (``nan``, ``nul``, ``time-range``, ...), whatever
+    #: their route did with them.
+    bad_rows: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)
@@ -172,18 +205,20 @@ class Worker:
     routes: Sequence[Route]
     checkpoints: CheckpointStore
     late: Sequence[Route] = ()
-    checkpoint_interval: float = attrs.field(default=5.0, kw_only=True)
-    tick_interval: float = attrs.field(default=1.0, kw_only=True)
-    max_records: int = attrs.field(default=500, kw_only=True)
+    checkpoint_interval: float = attrs.field(
+        default=5.0, kw_only=True, converter=_checkpoint_interval
+    )
+    tick_interval: float = attrs.field(default=1.0, kw_only=True, converter=_tick_interval)
+    max_records: int = attrs.field(default=500, kw_only=True, converter=check_max_records)
     limits: Limits = attrs.field(factory=Limits, kw_only=True)
     #: Wall clock in microseconds (idle advance, missing data).
     clock: Callable[[], int] = attrs.field(
         default=attrs.Factory(lambda: lambda: time.time_ns() // 1000), kw_only=True
     )
     #: Close every open window before the last checkpoint (a bounded input).
-    flush_at_end: bool = attrs.field(default=False, kw_only=True)
-    _writers: tuple[_Route, ...] = attrs.field(init=False)
-    _late: tuple[_Route, ...] = attrs.field(init=False)
+    flush_at_end: bool = attrs.field(default=False, kw_only=True, converter=_flush_at_end)
+    _writers: tuple[OpenRoute, ...] = attrs.field(init=False)
+    _late: tuple[OpenRoute, ...] = attrs.field(init=False)
     _next: dict[int, int] = attrs.field(factory=dict, init=False)
     _decoder: Decoder = attrs.field(init=False)
     _stop: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
@@ -207,23 +242,28 @@ class Worker:
         ),
         init=False,
     )
+    _refusals: Refusals = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._decoder = Decoder(limits=self.limits)
-        self._writers = _routes(self.routes)
-        self._late = _routes(self.late)
+        self._writers = open_routes(self.routes)
+        self._late = open_routes(self.late)
+        self._refusals = Refusals(self._retrying)
 
     async def run(self, until: Callable[[WorkerStats], bool] | None = None) -> WorkerStats:
         """Consume until :meth:`stop`, ``until(statistics())`` is true, or a bounded source
         (one with an ``exhausted`` property) is read to its end; checkpoint; return.
 
-        The source is closed on the way out; the sinks are not (they are yours).
+        The source is closed on the way out; the sinks are not (they are yours). Cancelled,
+        the worker stops where it is, without a checkpoint (as if killed), closing the source.
         """
+        until = check_until(until)
         await self.source.start(self)
         last_checkpoint = last_tick = time.monotonic()
         try:
             while not self._stop.is_set():
-                records = await self.source.poll(0.2, self.max_records)
+                polled = time.monotonic()
+                records = await self.source.poll(_POLL_TIMEOUT, self.max_records)
                 await self._process(records)
                 now = time.monotonic()
                 if now - last_tick >= self.tick_interval:
@@ -237,13 +277,17 @@ class Worker:
                     break
                 if not records and getattr(self.source, "exhausted", False):
                     break  # a bounded source, read to its end
+                await self._yield(records, polled)
             if self._failure is None:
                 if self.flush_at_end:
                     for partition in sorted(self._next):
-                        await self._emit(partition, None, self.processor.flush(partition))
+                        await self._emit(partition, None, [self.processor.flush(partition)])
                 await self.checkpoint()
         finally:
-            await self.source.close()
+            try:
+                await self.source.close()
+            finally:
+                await self._refusals.close()
         if self._failure is not None:
             raise self._failure
         return self.statistics()
@@ -252,22 +296,38 @@ class Worker:
         """Ask :meth:`run` to checkpoint and return."""
         self._stop.set()
 
+    async def _yield(self, records: list[SourceRecord], polled: float) -> None:
+        """Between two polls, let the event loop run other tasks (and deliver a cancel) even
+        when neither the source nor the sinks had to wait; after an empty poll that returned
+        before its timeout, wait out the rest of it (a source that never waits would make
+        the worker spin)."""
+        if records:
+            await asyncio.sleep(0)
+            return
+        left = _POLL_TIMEOUT - (time.monotonic() - polled)
+        await self._pause(max(left, 0.0))
+
     def statistics(self) -> WorkerStats:
         counts = self._counts
         latencies = sorted(self._latencies)
+        refusals = self._refusals
         return WorkerStats(
             **counts,
+            dead_lettered=refusals.dead_lettered,
+            skipped=refusals.skipped,
             partitions=tuple(sorted(self._next)),
             latency_p50=_quantile(latencies, 0.5),
             latency_p99=_quantile(latencies, 0.99),
             operators=self.processor.statistics(),
+            bad_rows=dict(refusals.problems),
         )
 
     async def checkpoint(self, partitions: Iterable[int] | None = None) -> None:
-        """Flush the sinks, save the state of ``partitions`` (all by default), commit."""
+        """Flush the sinks (and the dead letters' writers), save the state of ``partitions``
+        (all by default), commit."""
         chosen = sorted(self._next if partitions is None else set(partitions) & set(self._next))
-        for route in (*self._writers, *self._late):
-            await self._retrying(route.writer.flush, "flush")
+        for writer in self._all_writers():
+            await self._retrying(writer.flush, "flush")
         saved = [
             Checkpoint(self.source.topic, p, self._next[p], self.processor.snapshot(p))
             for p in chosen
@@ -277,6 +337,16 @@ class Worker:
         await self.checkpoints.save(saved)
         await self.source.commit({c.partition: c.offset for c in saved})
         self._counts["checkpoints"] += 1
+
+    def _all_writers(self) -> list[Writer]:
+        """Every writer to flush, each once: the routes', then their dead letters'."""
+        routes = (*self._writers, *self._late)
+        writers: list[Writer] = []
+        dead = (*(r.dead for r in routes), self._refusals.stderr)
+        for writer in (*(r.writer for r in routes), *dead):
+            if writer is not None and not any(writer is w for w in writers):
+                writers.append(writer)
+        return writers
 
     # ------------------------------------------------------------------ rebalances
 
@@ -330,7 +400,7 @@ class Worker:
             start = end
 
     async def _partition(self, partition: int, records: list[SourceRecord]) -> None:
-        outputs: list[Emitted] = []
+        outputs: list[tuple[Emitted, int | None]] = []
         first: SourceRecord | None = None
         stamps: list[int] = []
         counts = self._counts
@@ -355,13 +425,13 @@ class Worker:
             if out:
                 if first is None:
                     first = record
-                outputs.append(out)
+                outputs.append((out, record.offset))
                 if (out.aggregates or out.alerts) and record.timestamp_ms is not None:
                     stamps.append(record.timestamp_ms)
         if first is None:
             return
         position = SourcePosition(first.topic, partition, first.offset)
-        await self._emit(partition, position, *outputs)
+        await self._emit(partition, position, outputs)
         if stamps:
             now_ms = time.time() * 1000
             self._latencies.extend((now_ms - stamp) / 1000 for stamp in stamps)
@@ -387,36 +457,47 @@ class Worker:
         for partition in sorted(self._next):
             out = self.processor.tick(partition, now)
             if out:
-                await self._emit(partition, None, out)
+                await self._emit(partition, None, [out])
 
     async def _emit(
-        self, partition: int, position: SourcePosition | None, *outputs: Emitted
+        self,
+        partition: int,
+        position: SourcePosition | None,
+        outputs: Sequence[Emitted | tuple[Emitted, int | None]],
     ) -> None:
-        """Hand the outputs to the routes that take their kinds."""
-        outputs = tuple(o for o in outputs if o is not NOTHING)
-        if not outputs:
+        """Hand the outputs (each with the offset of its source record, when it has one) to
+        the routes that take their kinds."""
+        pairs = [o if isinstance(o, tuple) else (o, None) for o in outputs]
+        pairs = [(o, offset) for o, offset in pairs if o is not NOTHING]
+        if not pairs:
             return
         kinds: dict[str, list[Any]] = {
-            "readings": [b for o in outputs for b in o.readings],
-            "aggregates": [a for o in outputs for a in o.aggregates],
-            "alerts": [a for o in outputs for a in o.alerts],
+            "readings": [b for o, _ in pairs for b in o.readings],
+            "aggregates": [a for o, _ in pairs for a in o.aggregates],
+            "alerts": [a for o, _ in pairs for a in o.alerts],
         }
-        late = [b for o in outputs for b in o.late]
+        late = [b for o, _ in pairs for b in o.late]
         counts = self._counts
         counts["aggregates"] += len(kinds["aggregates"])
         counts["alerts"] += len(kinds["alerts"])
         counts["late"] += sum(len(b) for b in late)
+        topic = self.source.topic if position is None else position.topic
         for route in self._writers:
             chosen = [r for kind in route.kinds for r in kinds.get(kind, ())]
             if chosen:
-                await self._write(route.writer, chosen, position)
+                origins = Origins(topic, partition, pairs, tuple(route.kinds))
+                await self._write(route, chosen, position, origins)
         for route in self._late if late else ():
-            await self._write(route.writer, late, position)
+            await self._write(route, late, position, Origins(topic, partition, pairs, ("late",)))
 
     async def _write(
-        self, writer: _Writer, records: list[Any], position: SourcePosition | None
+        self,
+        route: OpenRoute,
+        records: list[Any],
+        position: SourcePosition | None,
+        origins: Origins,
     ) -> None:
-        await self._retrying(lambda: writer.write(records, position=position), "write")
+        await self._refusals.write(route, records, position, origins)
 
     async def _retrying(self, operation: Callable[[], Awaitable[None]], what: str) -> None:
         """``operation``, again after each retriable sink failure (the worker pauses: that is
@@ -461,6 +542,10 @@ async def run_pipeline(
     max_records: int = 500,
 ) -> WorkerStats:
     """What :meth:`Pipeline.run <iotdata.stream.Pipeline.run>` does."""
+    checkpoint_interval = _checkpoint_interval(checkpoint_interval)
+    flush_at_end = _flush_at_end(flush_at_end)
+    max_records = check_max_records(max_records)
+    until = check_until(until)
     if getattr(source, "redelivers", False):
         if not pipeline.steps or not isinstance(pipeline.steps[0], Dedup):
             raise InvalidInputError(
@@ -476,7 +561,7 @@ async def run_pipeline(
     if checkpoints is None:
         default = getattr(source, "default_checkpoints", None)
         checkpoints = await default() if default is not None else MemoryCheckpoints()
-    opened: list[Any] = []
+    opened: list[tuple[Any, Any]] = []
     try:
         routes = [await _open(route, opened) for route in pipeline.routes]
         late = [await _open(route, opened) for route in pipeline.late_routes]
@@ -492,16 +577,26 @@ async def run_pipeline(
         )
         return await worker.run(until)
     finally:
-        for writer in reversed(opened):
+        for _, writer in reversed(opened):
             await writer.close()
         if owned:
             await checkpoints.close()
 
 
-async def _open(route: Route, opened: list[Any]) -> Route:
-    sink = route.sink
+async def _open(route: Route, opened: list[tuple[Any, Any]]) -> Route:
+    """``route`` over writers: its sink, and its dead letters' (each configuration opened
+    once, however many routes name it)."""
+    sink = await _writer(route.sink, opened)
+    dead = None if route.dead_letters is None else await _writer(route.dead_letters, opened)
+    return attrs.evolve(route, sink=sink, dead_letters=dead)
+
+
+async def _writer(sink: Any, opened: list[tuple[Any, Any]]) -> Any:
     if callable(getattr(sink, "write", None)):
-        return route
+        return sink
+    for config, writer in opened:
+        if config is sink:
+            return writer
     writer = await sink.open()
-    opened.append(writer)
-    return attrs.evolve(route, sink=writer)
+    opened.append((sink, writer))
+    return writer

@@ -9,6 +9,7 @@ import attrs
 
 from iotdata.model import Reading
 from iotdata.sinks import BufferedWriter, Opening, PendingRecords, RetryPolicy
+from iotdata.sinks._json import dead_letter_fields
 from iotdata.testing import SinkContents
 
 
@@ -19,11 +20,15 @@ class Store:
     readings: dict[Any, Reading] = attrs.Factory(dict)
     aggregates: dict[Any, Any] = attrs.Factory(dict)
     alerts: dict[Any, Any] = attrs.Factory(dict)
+    dead_letters: dict[Any, Any] = attrs.Factory(dict)
     log: list[Any] = attrs.Factory(list)
 
     def contents(self) -> SinkContents:
         return SinkContents(
-            list(self.readings.values()), list(self.aggregates.values()), list(self.alerts.values())
+            list(self.readings.values()),
+            list(self.aggregates.values()),
+            list(self.alerts.values()),
+            [dead_letter_fields(letter) for letter in self.dead_letters.values()],
         )
 
 
@@ -48,6 +53,8 @@ class MemoryWriter(BufferedWriter):
                 self.store.aggregates[aggregate.key] = aggregate
         for alert in pending.alerts():
             self.store.alerts.setdefault(alert.key, alert)
+        for letter in pending.dead_letters():
+            self.store.dead_letters.setdefault(letter.identity, letter)
         self.store.log.append(pending)
 
     async def release(self) -> None:
@@ -102,3 +109,26 @@ class ForgetfulWriter(MemoryWriter):
                 pending, chunks=tuple(attrs.evolve(chunk, alerts=()) for chunk in pending.chunks)
             )
         )
+
+
+class DeadLetterWriter(MemoryWriter):
+    """Keeps dead letters too, keyed on their identity."""
+
+    stores_dead_letters = True
+
+
+class DeadLetterDroppingWriter(MemoryWriter):
+    """Says it keeps dead letters, and drops them."""
+
+    stores_dead_letters = True
+
+    async def persist(self, pending: PendingRecords) -> None:
+        chunks = tuple(attrs.evolve(chunk, dead_letters=()) for chunk in pending.chunks)
+        await super().persist(attrs.evolve(pending, chunks=chunks))
+
+
+class LaxSortOutWriter(MemoryWriter):
+    """Its sort_out lets every record through: it disagrees with its write."""
+
+    def sort_out(self, records: Any) -> tuple[list[Any], list[Any]]:
+        return list(records), []

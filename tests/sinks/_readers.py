@@ -12,6 +12,7 @@ from typing import Any
 from iotdata.model import Reading, Value, ts_from_datetime
 from iotdata.sinks import Alert, WindowAggregate
 from iotdata.sinks._json import decode_float
+from iotdata.sinks._sql import DEAD_LETTER_COLUMNS
 from iotdata.testing import SinkContents
 
 
@@ -39,13 +40,32 @@ def extra_from_json(document: Any) -> dict[str, float | None]:
     return {name: decode_float(value) for name, value in document.items()}
 
 
+def dead_letter_document(row: Iterable[Any]) -> dict[str, Any]:
+    """A dead-letter row of the SQL tables (or the Parquet files), in the order of
+    DEAD_LETTER_COLUMNS, as its JSON document."""
+    fields = dict(zip(DEAD_LETTER_COLUMNS, row, strict=True))
+    return {
+        "kind": "dead_letter",
+        "sink": fields["sink"],
+        "reason": fields["reason"],
+        "detail": fields["detail"],
+        "key": fields["key"],
+        "record": json.loads(fields["record"]),
+        "topic": fields["topic"],
+        "partition": fields["partition"],
+        "offset": fields["offset"],
+    }
+
+
 def _sql_contents(
     readings: Iterable[tuple[Any, ...]],
     aggregates: Iterable[tuple[Any, ...]],
     alerts: Iterable[tuple[Any, ...]],
     ts: Any,
+    dead_letters: Iterable[tuple[Any, ...]] = (),
 ) -> SinkContents:
     return SinkContents(
+        dead_letters=[dead_letter_document(row) for row in dead_letters],
         readings=[
             Reading(d, m, ts(t), reading_value(v, vi, vb, vt), s)
             for d, s, t, m, v, vi, vb, vt in readings
@@ -76,10 +96,12 @@ def sqlite_contents(path: Path, prefix: str = "") -> SinkContents:
     with sqlite3.connect(path) as conn:
         rows = {
             kind: conn.execute(f'SELECT * FROM "{prefix}{kind}"').fetchall()
-            for kind in ("readings", "aggregates", "alerts")
+            for kind in ("readings", "aggregates", "alerts", "dead_letters")
         }
     conn.close()
-    return _sql_contents(rows["readings"], rows["aggregates"], rows["alerts"], int)
+    return _sql_contents(
+        rows["readings"], rows["aggregates"], rows["alerts"], int, rows["dead_letters"]
+    )
 
 
 async def postgres_contents(dsn: str, prefix: str) -> SinkContents:
@@ -87,10 +109,16 @@ async def postgres_contents(dsn: str, prefix: str) -> SinkContents:
 
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         rows = {}
-        for kind in ("readings", "aggregates", "alerts"):
+        for kind in ("readings", "aggregates", "alerts", "dead_letters"):
             cursor = await conn.execute(f'SELECT * FROM "{prefix}{kind}"')
             rows[kind] = await cursor.fetchall()
-    return _sql_contents(rows["readings"], rows["aggregates"], rows["alerts"], ts_from_datetime)
+    return _sql_contents(
+        rows["readings"],
+        rows["aggregates"],
+        rows["alerts"],
+        ts_from_datetime,
+        rows["dead_letters"],
+    )
 
 
 def parquet_contents(root: Path) -> SinkContents:
@@ -106,7 +134,11 @@ def parquet_contents(root: Path) -> SinkContents:
     def us(moment: _dt.datetime) -> int:
         return ts_from_datetime(moment)
 
+    letters = []
+    for path in sorted((root / "dead_letters").glob("*.parquet")):
+        letters += [dead_letter_document(r.values()) for r in pq.read_table(path).to_pylist()]
     return SinkContents(
+        dead_letters=letters,
         readings=[
             Reading(
                 r["device_id"],
@@ -160,9 +192,10 @@ def newest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def console_contents(text: str) -> SinkContents:
-    """The JSON lines of a ConsoleSink(format="json")."""
+def console_contents(text: str, dead_letters: str | None = None) -> SinkContents:
+    """The JSON lines of a ConsoleSink(format="json") (and of its dead letters' stream)."""
     readings, aggregates, alerts = [], [], []
+    letters = None if dead_letters is None else list(map(json.loads, dead_letters.splitlines()))
     for line in text.splitlines():
         record = json.loads(line)
         kind = record.pop("kind")
@@ -172,7 +205,7 @@ def console_contents(text: str) -> SinkContents:
             aggregates.append(WindowAggregate(**record))
         else:
             alerts.append(Alert(**record))
-    return SinkContents(readings, aggregates, alerts)
+    return SinkContents(readings, aggregates, alerts, letters)
 
 
 def json_record(payload: bytes) -> WindowAggregate | Alert:

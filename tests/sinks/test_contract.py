@@ -22,9 +22,12 @@ from iotdata.sinks import (
 )
 from iotdata.testing import SinkCheckError, check_sink
 from tests.sinks._memory import (
+    DeadLetterDroppingWriter,
+    DeadLetterWriter,
     DuplicatingWriter,
     ForgetfulWriter,
     LastWriteWinsWriter,
+    LaxSortOutWriter,
     MemorySink,
     MemoryWriter,
 )
@@ -63,6 +66,14 @@ def policy(sleep: Callable[[float], Awaitable[None]], attempts: int = 5) -> Retr
 def test_a_correct_memory_sink_passes_the_check() -> None:
     sink = MemorySink()
     run(check_sink(sink.open, read_back=sink.store.contents))
+    assert sink.store.dead_letters == {}  # it keeps none, so it refused them
+
+
+def test_a_sink_that_keeps_dead_letters_is_checked_for_them() -> None:
+    sink = MemorySink(writer_class=DeadLetterWriter)
+    run(check_sink(sink.open, read_back=sink.store.contents))
+    kinds = sorted({letter.kind for letter in sink.store.dead_letters.values()})
+    assert kinds == ["aggregate", "alert", "reading"]
 
 
 def test_the_check_works_without_read_back_and_for_some_kinds() -> None:
@@ -84,6 +95,8 @@ def test_the_check_works_without_read_back_and_for_some_kinds() -> None:
         (DuplicatingWriter, "stored 2 times"),
         (LastWriteWinsWriter, "lower revision"),
         (ForgetfulWriter, "alerts: 6 missing"),
+        (DeadLetterDroppingWriter, "dead letters written then flushed: dead_letters: 7 missing"),
+        (LaxSortOutWriter, "sort_out: an object that is no record: kept"),
     ],
 )
 def test_the_check_catches_broken_sinks(writer_class: Any, complaint: str) -> None:

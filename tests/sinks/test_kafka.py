@@ -20,11 +20,13 @@ from iotdata.model import Batch, Reading
 from iotdata.sinks import (
     Alert,
     BadRowError,
+    DeadLetter,
     KafkaSink,
     PendingRecords,
     RetryPolicy,
     SinkFatalError,
     SinkRetriableError,
+    SourcePosition,
     WindowAggregate,
 )
 from iotdata.sinks._kafka import _sink_error, kafka_messages
@@ -55,10 +57,12 @@ class Topics:
     readings: str
     aggregates: str
     alerts: str
+    dead_letters: str
 
     @classmethod
     def create(cls, bootstrap: str, prefix: str) -> Topics:
-        topics = cls(f"{prefix}.readings", f"{prefix}.aggregates", f"{prefix}.alerts")
+        names = (f"{prefix}.{kind}" for kind in ("readings", "aggregates", "alerts", "dlq"))
+        topics = cls(*names)
         specs = [TopicSpec(name=name, partitions=PARTITIONS) for name in attrs.astuple(topics)]
         run(ensure_topics(bootstrap, *specs))
         return topics
@@ -69,6 +73,7 @@ class Topics:
             readings_topic=self.readings,
             aggregates_topic=self.aggregates,
             alerts_topic=self.alerts,
+            dead_letters_topic=self.dead_letters,
             **options,
         )
 
@@ -103,12 +108,15 @@ class TopicReader:
     async def contents(self, topics: Topics) -> SinkContents:
         readings: list[Reading] = []
         records = []
+        letters = []
         for message in await self.read():
             if message.topic == topics.readings:
                 readings += codec.decode(message.value)
+            elif message.topic == topics.dead_letters:
+                letters.append(json.loads(message.value))
             else:
                 records.append(json_record(message.value))
-        return contents_of(readings, records)
+        return attrs.evolve(contents_of(readings, records), dead_letters=letters)
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -139,10 +147,12 @@ def test_kafka_sink_passes_the_conformance_check_at_least_once(
 @pytest.mark.kafka
 def test_only_the_kinds_with_a_topic_are_stored(kafka_bootstrap: str, unique_name: str) -> None:
     topics = Topics.create(kafka_bootstrap, unique_name)
-    sink = KafkaSink(kafka=kafka_bootstrap, alerts_topic=topics.alerts)
+    sink = KafkaSink(
+        kafka=kafka_bootstrap, alerts_topic=topics.alerts, dead_letters_topic=topics.dead_letters
+    )
 
     async def scenario() -> SinkContents:
-        reader = await TopicReader.start(kafka_bootstrap, topics.alerts)
+        reader = await TopicReader.start(kafka_bootstrap, topics.alerts, topics.dead_letters)
         try:
             await check_sink(
                 sink.open,
@@ -167,12 +177,14 @@ def test_records_are_keyed_by_device_with_content_type_and_idempotency_key(
 ) -> None:
     topics = Topics.create(kafka_bootstrap, unique_name)
     batch = Batch.from_columns("pump-7", {"rpm": ([1, 2], [1.0, 2.0], [5, 9])})
+    nan = Reading("pump-7", "rpm", 3, math.nan, 10)
+    letter = DeadLetter(nan, "nan", "no NaN here", "SqliteSink('x')", SourcePosition("t", 1, 4))
 
     async def scenario() -> list[Any]:
         reader = await TopicReader.start(kafka_bootstrap, *attrs.astuple(topics))
         try:
             async with topics.sink(kafka_bootstrap).open() as writer:
-                await writer.write([batch, AGG, ALERT])
+                await writer.write([batch, AGG, ALERT, letter])
             return await reader.read()
         finally:
             await reader.stop()
@@ -190,6 +202,15 @@ def test_records_are_keyed_by_device_with_content_type_and_idempotency_key(
         "idempotency-key": b"pump-7/rpm/60000000/2",
     }
     assert headers[topics.alerts]["idempotency-key"] == b"pump-7/zscore:rpm%2F%25/61000000"
+    assert headers[topics.dead_letters] == {
+        "content-type": b"application/json",
+        "idempotency-key": b"SqliteSink('x')/reading/pump-7%2F10",
+        "reason": b"nan",
+        "detail": b"no NaN here",
+        "sink": b"SqliteSink('x')",
+    }
+    dead = json.loads(messages[topics.dead_letters].value)
+    assert (dead["record"]["value"], dead["key"], dead["offset"]) == ("NaN", "pump-7/10", 4)
     assert codec.decode(messages[topics.readings].value) == batch
     document = json.loads(messages[topics.aggregates].value)
     assert document["kind"] == "aggregate" and document["extra"] == {"p99": "Infinity"}

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import errno
 import sys
 from pathlib import Path
 
 import pytest
+import tenacity
 
 from iotdata.model import Batch, ts_from_datetime
-from iotdata.sinks import MissingDependencyError, ParquetSink, SourcePosition, WindowAggregate
+from iotdata.sinks import (
+    MissingDependencyError,
+    ParquetSink,
+    RetryPolicy,
+    SinkFatalError,
+    SinkRetriableError,
+    SourcePosition,
+    WindowAggregate,
+)
 from iotdata.testing import check_sink
 from tests.sinks._readers import parquet_contents
 
@@ -166,3 +176,74 @@ def test_missing_pyarrow_names_the_extra(tmp_path: Path, monkeypatch: pytest.Mon
 
     with pytest.raises(MissingDependencyError, match=r"pip install 'iotdata\[parquet\]'"):
         asyncio.run(scenario())
+
+
+class CountingSleep:
+    """A retry sleep that counts the waits instead of sleeping: a retried open shows here."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def patient(sleep: CountingSleep) -> RetryPolicy:
+    return RetryPolicy(stop=tenacity.stop_after_attempt(50), sleep=sleep)
+
+
+async def open_and_close(sink: ParquetSink) -> None:
+    writer = await sink.open()
+    await writer.close()
+
+
+@pytest.mark.parametrize("where", ["root", "parent"])
+def test_a_root_that_is_a_file_fails_at_once(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    root = tmp_path / "file" if where == "root" else tmp_path / "file" / "lake"
+    sleep = CountingSleep()
+    with pytest.raises(SinkFatalError, match="not a folder"):
+        asyncio.run(open_and_close(ParquetSink(root=root, retry=patient(sleep))))
+    assert sleep.waits == []  # not retried: a configuration error
+
+
+def test_a_root_replaced_by_a_file_fails_the_flush_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    sleep = CountingSleep()
+
+    async def scenario() -> None:
+        writer = await ParquetSink(root=root, retry=patient(sleep)).open()
+        root.rmdir()
+        root.write_text("someone put a file here")
+        await writer.write(batch("dev-a", 0, 5), position=SourcePosition("t", 0, 0))
+        with pytest.raises(SinkFatalError, match="not a folder"):
+            await writer.flush()
+        assert writer.statistics().buffered == 5  # kept for a flush after the fix
+        await writer.close()
+
+    asyncio.run(scenario())
+    assert sleep.waits == []
+
+
+@pytest.mark.parametrize(
+    ("code", "fatal"),
+    [
+        (errno.EROFS, True),
+        (errno.EACCES, True),
+        (errno.ENOTDIR, True),
+        (errno.EEXIST, True),
+        (errno.EISDIR, True),
+        (errno.ENAMETOOLONG, True),
+        (errno.ENOSPC, False),
+        (errno.EIO, False),
+        (None, False),  # an object store's error without an errno (throttling, the network)
+    ],
+)
+def test_file_system_errors_are_fatal_when_retrying_cannot_help(
+    code: int | None, fatal: bool
+) -> None:
+    from iotdata.sinks._parquet import translate_os_error  # noqa: PLC0415
+
+    error = OSError(code, "failed") if code is not None else OSError("AWS Error SLOW_DOWN")
+    translated = translate_os_error(error)
+    assert isinstance(translated, SinkFatalError if fatal else SinkRetriableError)

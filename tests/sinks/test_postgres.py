@@ -40,7 +40,7 @@ def prefix(postgres_dsn: str, unique_name: str) -> Iterator[str]:
     name = f"{unique_name}_"
     yield name
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        for kind in ("readings", "aggregates", "alerts"):
+        for kind in ("readings", "aggregates", "alerts", "dead_letters"):
             conn.execute(f'DROP TABLE IF EXISTS "{name}{kind}"')
 
 

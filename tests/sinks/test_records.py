@@ -305,3 +305,91 @@ def _same_float(x: float | None, y: float | None) -> bool:
     if x is None or y is None:
         return x is y
     return x == y or (math.isnan(x) and math.isnan(y))
+
+
+# ------------------------------------------------------------------ refusals and dead letters
+
+
+@pytest.mark.parametrize(
+    ("records", "limits", "problem"),
+    [
+        (Batch.from_columns("d", {"x": ([1], [math.nan], [3])}), SQLITE_LIMITS, "nan"),
+        ([attrs.evolve(AGG, extra={"p": math.nan})], SQLITE_LIMITS, "nan"),
+        (Batch.from_columns("d", {"x": ([1], ["a\x00"], [3])}), POSTGRES_LIMITS, "nul"),
+        ([attrs.evolve(ALERT, message="a\x00")], POSTGRES_LIMITS, "nul"),
+        (Batch.from_columns("d", {"x": ([1], ["\ud800"], [3])}), RowLimits(), "unicode"),
+        (Batch.from_columns("d", {"x": ([-(2**62)], [1.0], [3])}), POSTGRES_LIMITS, "time-range"),
+        ([attrs.evolve(ALERT, ts=-(2**62))], POSTGRES_LIMITS, "time-range"),
+        (Batch.from_columns("d", {"x": ([1], [2**63], [3])}), RowLimits(), "int-range"),
+        ([attrs.evolve(AGG, count="3")], RowLimits(), "invalid"),
+        ([object()], RowLimits(), "invalid"),
+    ],
+)
+def test_a_refusal_says_its_problem_in_one_word(
+    records: object, limits: RowLimits, problem: str
+) -> None:
+    with pytest.raises(BadRowError) as caught:
+        chunk(records, limits)
+    assert caught.value.problem == problem
+    assert "record #" not in caught.value.reason  # the reason does not name the record
+    with pytest.raises(BadRowError, match="does not store alerts") as kind:
+        make_chunk([ALERT], None, RowLimits(), frozenset({"aggregates"}))
+    assert kind.value.problem == "kind"
+
+
+def test_sort_out_keeps_the_good_readings_of_a_batch_and_names_each_bad_one() -> None:
+    from iotdata.sinks._validate import sort_out  # noqa: PLC0415
+
+    good = Batch.from_columns("g", {"x": ([1], [1.0], [0])})
+    mixed = Batch.from_columns(
+        "d",
+        {
+            "x": ([1, 2, 3, 4], [1.0, math.nan, 3.0, math.nan], [10, 11, 12, 13]),
+            "s": ([5], ["ok"], [14]),
+            "n": ([6], [math.nan], [15]),
+        },
+    )
+    kept, refused = sort_out(
+        [good, mixed, attrs.evolve(AGG, sum=math.nan), ALERT], SQLITE_LIMITS, ALL
+    )
+    assert kept[0] is good and kept[2] is ALERT
+    assert [(c.metric, c.seq) for c in kept[1].columns] == [("x", (10, 12)), ("s", (14,))]
+    assert [(e.index, e.problem, getattr(e.record, "seq", None)) for e in refused] == [
+        (1, "nan", 11),
+        (1, "nan", 13),
+        (1, "nan", 15),
+        (2, "nan", None),
+    ]
+    assert refused[0].reason == "this sink cannot store NaN"
+    assert make_chunk(kept, None, SQLITE_LIMITS, ALL).rows == 5  # what is kept is taken
+
+
+def test_a_dead_letter_is_keyed_and_written_as_ascii_strict_json() -> None:
+    from iotdata.sinks import DeadLetter  # noqa: PLC0415
+    from iotdata.sinks._json import dead_letter_json  # noqa: PLC0415
+
+    reading = Reading("pump%7", "rpm/s", 5, "a\x00b\udc80", 9)
+    letter = DeadLetter(
+        reading, "nul", "NUL \x00 and \udc80 in the detail", "S", SourcePosition("t", 2, 40)
+    )
+    assert letter.identity == ("S", "reading", "pump%257/9")
+    assert "\x00" not in letter.detail and "\udc80" not in letter.detail
+    text = dead_letter_json(letter)
+    assert text.isascii()
+    document = json.loads(text)
+    assert document["record"] == {
+        "kind": "reading",
+        "device_id": "pump%7",
+        "metric": "rpm/s",
+        "ts": 5,
+        "value": "a\x00b\udc80",
+        "seq": 9,
+        "value_type": "str",
+    }
+    assert (document["topic"], document["partition"], document["offset"]) == ("t", 2, 40)
+    # a refused aggregate keeps its revision in the key, and any garbage it holds is written
+    odd = attrs.evolve(AGG, revision=3, extra={"p": object()}, sum=math.inf)
+    fields = json.loads(dead_letter_json(DeadLetter(odd, "invalid", "x", "S")))
+    assert fields["key"] == "d/t/0/3" and fields["record"]["sum"] == "Infinity"
+    assert fields["record"]["extra"]["p"].startswith("<object")
+    assert fields["topic"] is None

@@ -17,6 +17,7 @@ import attrs
 import pytest
 import tenacity
 
+from iotdata.errors import InvalidInputError
 from iotdata.model import Batch
 from iotdata.sinks import BadRowError, RetryPolicy, SinkFatalError, SqliteSink, WindowAggregate
 from iotdata.testing import check_sink
@@ -253,3 +254,29 @@ def test_an_older_aggregates_table_gets_the_extra_column_or_a_clear_error(
         rows = conn.execute("SELECT window_start, extra FROM aggregates").fetchall()
     conn.close()
     assert sorted(rows) == [(0, "{}"), (60, '{"p99":2.0}')]
+
+
+def test_settings_that_make_no_sense_are_refused_when_the_sink_is_made() -> None:
+    for options, name in [
+        ({"synchronous": "bogus"}, "synchronous"),  # SQLite would ignore it silently
+        ({"synchronous": 1}, "synchronous"),
+        ({"busy_timeout": math.nan}, "busy_timeout"),
+        ({"busy_timeout": -1}, "busy_timeout"),
+        ({"flush_rows": 0}, "flush_rows"),
+    ]:
+        with pytest.raises(InvalidInputError, match=name):
+            SqliteSink(path="x.db", **options)  # type: ignore[arg-type]
+
+
+def test_a_folder_or_a_file_that_is_no_database_fails_at_once(tmp_path: Path) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    patient = RetryPolicy(stop=tenacity.stop_after_attempt(50), sleep=sleep)
+    (tmp_path / "text.db").write_text("not a database " * 500)
+    for path, message in [(tmp_path, "unable to open"), (tmp_path / "text.db", "not a database")]:
+        with pytest.raises(SinkFatalError, match=message):
+            asyncio.run(open_and_close(SqliteSink(path=path, retry=patient)))
+    assert waits == []  # configuration errors are not retried

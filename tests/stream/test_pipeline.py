@@ -238,3 +238,36 @@ def test_run_over_the_embedded_log_routes_kinds_and_late_readings() -> None:
     # the run committed the offsets: a second run has nothing to do
     again = asyncio.run(pipeline.run(LocalSource("t", log=log, group="g"), until=lambda s: True))
     assert again.records == 0
+
+
+def test_refused_readings_are_peeled_one_by_one_and_placed_by_source() -> None:
+    from iotdata.sinks import BadRowError, SourcePosition, WindowAggregate  # noqa: PLC0415
+    from iotdata.stream._badrows import LogQuota, Origins, peel  # noqa: PLC0415
+
+    whole = batch("d", [0, 1, 2], [1.0, 2.0, 3.0])
+    named = next(iter(whole))  # seq 0
+    rest, refused = peel(whole, BadRowError("no", index=4, record=named))
+    assert [r.seq for r in rest] == [1, 2] and refused[0].record is named  # type: ignore[union-attr]
+    last, _ = peel(batch("d", [0], [1.0]), BadRowError("no", index=0, record=named))
+    assert last is None
+    # a refusal naming no reading of the batch refuses all of it
+    none, all_of_it = peel(whole, BadRowError("no", index=4, problem="nan"))
+    assert none is None and [e.record.seq for e in all_of_it] == [0, 1, 2]  # type: ignore[union-attr]
+    assert {e.problem for e in all_of_it} == {"nan"}
+
+    aggregate = WindowAggregate("d", "m", 0, 10, 1, 1.0, 1.0, 1.0)
+    one = Emitted(readings=(whole,))
+    two = Emitted(readings=(whole, whole), aggregates=(aggregate,))
+    origins = Origins(
+        "t", 3, [(one, 7), (two, 9), (Emitted(readings=(whole,)), None)], ("readings",)
+    )
+    assert [origins.position(i) for i in range(4)] == [
+        SourcePosition("t", 3, 7),
+        SourcePosition("t", 3, 9),
+        SourcePosition("t", 3, 9),
+        None,
+    ]
+
+    quota = LogQuota(burst=2, period=10.0)
+    taken = [quota.take(now) for now in (0.0, 1.0, 2.0, 3.0, 10.5, 11.0)]
+    assert taken == [0, 0, None, None, 2, 0]
