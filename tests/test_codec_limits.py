@@ -430,3 +430,45 @@ def test_mask_cache_keeps_the_most_recent_and_never_an_oversized_value() -> None
     assert made[-2:] == [2000, 2000]
     assert cache.statistics()[0] == 3
     assert cache.statistics()[1] <= 4000
+
+
+_ENCODERS_GROWTH = """
+import random
+import attrs
+from iotdata import Batch, codec
+
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+rng = random.Random(0)
+samples = [
+    Batch.from_columns(f"dev-{i % 50}", {"temp": ([i * 10**6], [rng.uniform(0, 30)], [i])})
+    for i in range(500)
+]
+trained = codec.train_dictionary(samples)
+assert len(trained.data) > 1000
+codec.encode(samples[0], dictionary=trained)
+before = rss()
+for i in range(1, 401):
+    codec.encode(samples[0], dictionary=attrs.evolve(trained, id=i))
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+@pytest.mark.timeout(120)
+def test_encode_keeps_a_bounded_number_of_encoders_per_thread() -> None:
+    """``codec.encode(batch, dictionary=d)`` keeps an encoder (a zstd context with ``d``, about
+    100 KB) per dictionary; a service going through many dictionaries kept them all."""
+    result = subprocess.run(
+        [sys.executable, "-c", _ENCODERS_GROWTH],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    growth = int(result.stdout)
+    # Regression test (was a bug): about 44 MiB for 400 dictionaries.
+    assert growth < 8 * MiB, f"{growth / MiB:.1f} MiB more resident after 400 dictionaries"
