@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 from pathlib import Path
 
 import attrs
@@ -96,12 +97,12 @@ def check_writable(path: Path) -> str | None:
     """Why ``path`` cannot be written, or None: tried before a long run that ends writing it.
 
     It opens the file for appending, which changes nothing in an existing file, and removes
-    it again if it did not exist.
+    it again if it did not exist. Non-blocking: a FIFO without a reader is refused at once.
     """
     existed = path.exists()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
     try:
-        with path.open("ab"):
-            pass
+        os.close(os.open(path, flags, 0o666))
     except OSError as exc:
         return f"cannot write {path}: {exc.strerror}"
     if not existed:
