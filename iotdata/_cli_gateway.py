@@ -16,8 +16,9 @@ from iotdata._cliargs import (
     kafka_security,
     mqtt_url,
     mqtt_with_tls,
-    positive_float,
+    port,
     positive_int,
+    seconds,
     topics,
 )
 from iotdata.errors import InvalidInputError
@@ -87,7 +88,10 @@ def add_gateway(commands: Any) -> None:
         help="partitions of topics created by --create-topics (default 12)",
     )
     parser.add_argument(
-        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on PORT"
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT (0: a free port, shown at start)",
     )
     parser.add_argument(
         "--metrics-host",
@@ -97,7 +101,7 @@ def add_gateway(commands: Any) -> None:
     )
     parser.add_argument(
         "--stats-every",
-        type=positive_float,
+        type=seconds,
         default=10.0,
         metavar="SECONDS",
         help="print a statistics line to stderr this often (default 10)",

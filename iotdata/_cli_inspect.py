@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import queue
 import sys
 import threading
-from collections.abc import Iterator
-from datetime import datetime, timezone
+import time
+from collections.abc import AsyncGenerator, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from iotdata._cliargs import (
     add_kafka_security,
@@ -19,10 +22,12 @@ from iotdata._cliargs import (
     kafka_security,
     mqtt_url,
     mqtt_with_tls,
-    positive_float,
     positive_int,
+    seconds,
 )
+from iotdata.errors import DecodeError
 from iotdata.kafka._security import KafkaSecurity
+from iotdata.model import ts_to_datetime
 
 __all__ = ["add_inspect"]
 
@@ -53,7 +58,7 @@ def add_inspect(commands: Any) -> None:
     )
     inspect.add_argument("--max", type=positive_int, help="stop after this many frames")
     inspect.add_argument(
-        "--seconds", type=positive_float, default=10.0, help="how long to listen on MQTT (10)"
+        "--seconds", type=seconds, default=10.0, help="how long to listen on MQTT (10)"
     )
     inspect.add_argument("--json", action="store_true", help="one JSON object per reading instead")
     add_mqtt_tls(inspect)
@@ -69,19 +74,18 @@ def _run(args: argparse.Namespace) -> int:
         return _usage("--log, --kafka and --mqtt need --topic")
     from iotdata.codec import Decoder  # noqa: PLC0415
 
-    printer = _Printer(Decoder(), args.readings, args.json)
-    if args.files:
-        frames: Any = _files(args.files)
+    decoder = Decoder()
+    printer = _Printer(decoder, args.readings, args.json, args.max)
+    if args.kafka:
+        asyncio.run(_show_kafka(printer, args.kafka, args.topic, kafka_security(args)))
+    elif args.files:
+        printer.show_all(_files(args.files, decoder.limits.max_frame_bytes))
     elif args.log:
-        frames = _log(args.log, args.topic)
-    elif args.kafka:
-        frames = asyncio.run(_kafka(args.kafka, args.topic, args.max, kafka_security(args)))
+        printer.show_all(_log(args.log, args.topic))
     else:
-        frames = _mqtt(mqtt_with_tls(args.mqtt, args), args.topic, args.max, args.seconds)
-    for count, (where, frame) in enumerate(frames, 1):
-        printer.show(where, frame)
-        if args.max is not None and count >= args.max:
-            break
+        settings = mqtt_with_tls(args.mqtt, args)
+        with contextlib.closing(_mqtt(settings, args.topic, args.max, args.seconds)) as frames:
+            printer.show_all(frames)
     if not args.json:
         print(f"{printer.frames} frames, {printer.readings:,} readings, {printer.bad} bad")
     return 1 if printer.bad else 0
@@ -92,15 +96,30 @@ def _usage(message: str) -> int:
     return 2
 
 
+#: What a source gives for each frame: where it came from, and its bytes, or why there are none.
+Frame = tuple[str, bytes | DecodeError]
+
+
 class _Printer:
-    def __init__(self, decoder: Any, readings: int, as_json: bool) -> None:
-        self.decoder, self.shown, self.as_json = decoder, readings, as_json
+    def __init__(self, decoder: Any, readings: int, as_json: bool, most: int | None) -> None:
+        self.decoder, self.shown, self.as_json, self.most = decoder, readings, as_json, most
         self.frames = self.readings = self.bad = 0
 
-    def show(self, where: str, frame: bytes) -> None:
-        from iotdata.errors import DecodeError  # noqa: PLC0415
+    @property
+    def done(self) -> bool:
+        """Whether ``--max`` frames, good or bad, have been shown."""
+        return self.most is not None and self.frames + self.bad >= self.most
 
+    def show_all(self, frames: Iterable[Frame]) -> None:
+        for where, frame in frames:
+            self.show(where, frame)
+            if self.done:
+                break
+
+    def show(self, where: str, frame: bytes | DecodeError) -> None:
         try:
+            if isinstance(frame, DecodeError):
+                raise frame
             batch = self.decoder.decode(frame)
         except DecodeError as exc:
             self.bad += 1
@@ -122,7 +141,7 @@ class _Printer:
         seq = [s for column in batch.columns for s in column.seq]
         metrics = ", ".join(column.metric for column in batch.columns)
         span = f"{_time(min(ts))} .. {_time(max(ts))}" if ts else "no readings"
-        per = f" ({len(frame) / len(batch):.1f} a reading)" if len(batch) else ""
+        per = f" ({_per_reading(len(frame) / len(batch))} a reading)" if len(batch) else ""
         print(
             f"{where}: {batch.device_id}: {len(batch):,} readings of {metrics}; {span}; "
             f"seq {min(seq, default=0)}..{max(seq, default=0)}; {len(frame):,} bytes{per}"
@@ -133,22 +152,42 @@ class _Printer:
             print(f"    {_time(r.ts)}  {r.metric} = {r.value!r}  (seq {r.seq})")
 
 
+def _per_reading(size: float) -> str:
+    return f"{size:.1f}" if size >= 1 else f"{size:.3f}"
+
+
 def _time(ts: int) -> str:
-    return datetime.fromtimestamp(ts / 1e6, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    """ISO 8601 UTC, to the microsecond; outside the years 1 to 9999, the integer itself."""
+    try:
+        moment = ts_to_datetime(ts)
+    except OverflowError:
+        return f"{ts}us"
+    return moment.isoformat().replace("+00:00", "Z")
 
 
-def _files(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+def _files(paths: list[Path], limit: int) -> Iterator[Frame]:
+    """Each file's bytes, reading no more than a frame of ``limit`` bytes can hold."""
     from iotdata.errors import InvalidInputError  # noqa: PLC0415
 
     for path in paths:
         if str(path) == "-":
-            yield "stdin", sys.stdin.buffer.read()
+            yield "stdin", _read_frame(sys.stdin.buffer, limit)
             continue
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                data = _read_frame(handle, limit)
         except OSError as exc:
             raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
         yield str(path), data
+
+
+def _read_frame(handle: IO[bytes], limit: int) -> bytes | DecodeError:
+    data = handle.read(limit + 1)
+    if len(data) <= limit:
+        return data
+    size = os.fstat(handle.fileno()).st_size if handle.seekable() else 0
+    what = f"{size:,} bytes" if size > limit else f"more than {limit:,} bytes"
+    return DecodeError(f"{what}, over the decoder's max_frame_bytes ({limit:,})")
 
 
 def _log(folder: Path, topic: str) -> Iterator[tuple[str, bytes]]:
@@ -169,10 +208,21 @@ def _log(folder: Path, topic: str) -> Iterator[tuple[str, bytes]]:
                 offset = records[-1].offset + 1
 
 
+async def _show_kafka(
+    printer: _Printer, bootstrap: str, topic: str, security: KafkaSecurity
+) -> None:
+    async with contextlib.aclosing(_kafka(bootstrap, topic, security)) as frames:
+        async for where, frame in frames:
+            printer.show(where, frame)
+            if printer.done:
+                break
+
+
 async def _kafka(
-    bootstrap: str, topic: str, most: int | None, security: KafkaSecurity
-) -> list[tuple[str, bytes]]:
-    """From the beginning of every partition to the end it had when we looked."""
+    bootstrap: str, topic: str, security: KafkaSecurity
+) -> AsyncGenerator[Frame, None]:
+    """From the beginning of every partition to the end it had when we looked, a fetch at a
+    time (never the whole topic in memory)."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
 
     from iotdata.errors import ConnectError, InvalidInputError  # noqa: PLC0415
@@ -181,7 +231,6 @@ async def _kafka(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_options()
     )
-    out: list[tuple[str, bytes]] = []
     try:
         await asyncio.wait_for(start_client(consumer, bootstrap), 30)
     except TimeoutError:
@@ -198,40 +247,55 @@ async def _kafka(
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)
         left = {tp for tp in assigned if ends[tp] > 0}
-        while left and (most is None or len(out) < most):
-            batches = await consumer.getmany(*left, timeout_ms=1000)
+        while left:
+            batches = await consumer.getmany(*left, timeout_ms=1000, max_records=500)
             for tp, records in batches.items():
-                out.extend(
-                    (f"{topic}-{tp.partition}@{record.offset}", record.value)
-                    for record in records
-                    if record.offset < ends[tp]
-                )
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield f"{topic}-{tp.partition}@{record.offset}", record.value
                 if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
     finally:
         await consumer.stop()
-    return out
 
 
-def _mqtt(settings: Any, topic_filter: str, most: int | None, seconds: float) -> list[Any]:
+def _mqtt(
+    settings: Any, topic_filter: str, most: int | None, listen: float
+) -> Generator[Frame, None, None]:
+    """Messages as they arrive, for ``listen`` seconds or ``most`` messages. At most 1,000
+    wait to be shown: beyond that the broker's thread waits (backpressure, never a backlog)."""
     import uuid  # noqa: PLC0415
 
     from iotdata.mqtt import MqttConnection  # noqa: PLC0415
 
-    got: list[tuple[str, bytes]] = []
-    enough = threading.Event()
+    waiting: queue.Queue[Frame] = queue.Queue(maxsize=1000)
+    stopped = threading.Event()
 
-    def arrived(message: Any) -> None:
-        got.append((message.topic, bytes(message.payload)))
-        if most is not None and len(got) >= most:
-            enough.set()
+    def arrived(message: Any) -> None:  # on the connection's network thread
+        item = (message.topic, bytes(message.payload))
+        while not stopped.is_set():
+            with contextlib.suppress(queue.Full):
+                waiting.put(item, timeout=0.1)
+                return
 
     connection = MqttConnection.start(
         settings, f"iotdata-inspect-{uuid.uuid4().hex[:8]}", subscriptions={topic_filter: arrived}
     )
     try:
         connection.wait_connected(10)
-        enough.wait(seconds)
+        deadline = time.monotonic() + listen
+        for _ in iter(int, 1) if most is None else range(most):
+            frame = _next(waiting, deadline)
+            if frame is None:
+                return
+            yield frame
     finally:
+        stopped.set()
         connection.close()
-    return list(got)
+
+
+def _next(waiting: queue.Queue[Frame], deadline: float) -> Frame | None:
+    try:
+        return waiting.get(timeout=max(deadline - time.monotonic(), 0))
+    except queue.Empty:
+        return None

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from iotdata._cliargs import add_kafka_security, kafka_security, positive_float, positive_int
+from iotdata._cliargs import add_kafka_security, kafka_security, positive_int, seconds
 
 __all__ = ["add_run"]
 
@@ -63,7 +63,7 @@ def add_run(commands: Any) -> None:
     run.add_argument("--records", type=positive_int, help="stop after this many records")
     run.add_argument(
         "--checkpoint-interval",
-        type=positive_float,
+        type=seconds,
         default=5.0,
         help="seconds between checkpoints (default 5)",
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+from pathlib import Path
 
 import attrs
 
@@ -15,18 +18,22 @@ from iotdata.mqtt import MqttSettings, Topics
 __all__ = [
     "add_kafka_security",
     "add_mqtt_tls",
+    "check_writable",
     "kafka_security",
     "mqtt_url",
     "mqtt_with_tls",
+    "port",
     "positive_float",
     "positive_int",
     "probability",
+    "rate",
+    "seconds",
     "topics",
 ]
 
 
 def positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    if not text.strip().isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
 
@@ -41,6 +48,41 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: The longest wait or duration an option takes, about 31 years: any more overflows the
+#: platform's timeouts (threading's wait takes at most ``threading.TIMEOUT_MAX``).
+MAX_SECONDS = 1e9
+#: The fastest rate of readings per device: timestamps are microseconds.
+MAX_RATE = 1e6
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds, at most :data:`MAX_SECONDS`."""
+    value = positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_SECONDS:,.0f} seconds, got {text!r}"
+        )
+    return value
+
+
+def rate(text: str) -> float:
+    """Readings per second: positive, at most :data:`MAX_RATE` (one a microsecond)."""
+    value = positive_float(text)
+    if value > MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_RATE:,.0f} readings a second (timestamps are microseconds), "
+            f"got {text!r}"
+        )
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (0: any free port)."""
+    if not text.strip().isdecimal() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
 def probability(text: str) -> float:
     try:
         value = float(text)
@@ -49,6 +91,24 @@ def probability(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value
+
+
+def check_writable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, or None: tried before a long run that ends writing it.
+
+    It opens the file for appending, which changes nothing in an existing file, and removes
+    it again if it did not exist. Non-blocking: a FIFO without a reader is refused at once.
+    """
+    existed = path.exists()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+    try:
+        os.close(os.open(path, flags, 0o666))
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror}"
+    if not existed:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return None
 
 
 def mqtt_url(text: str) -> MqttSettings:

@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotdata import __version__
 from iotdata._cli_demo import add_demo
 from iotdata._cli_gateway import add_gateway
 from iotdata._cli_inspect import add_inspect
 from iotdata._cli_run import add_run
-from iotdata._cliargs import mqtt_url, positive_float, positive_int, probability, topics
+from iotdata._cliargs import (
+    check_writable,
+    mqtt_url,
+    positive_int,
+    probability,
+    rate,
+    seconds,
+    topics,
+)
 from iotdata.device import (
     ANOMALY_KINDS,
     DEFAULT_ANOMALY_RATE,
@@ -35,24 +45,91 @@ from iotdata.device import (
 from iotdata.errors import IotDataError
 from iotdata.mqtt import Topics
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 __all__ = ["main"]
 
 
+#: The exit status when standard output or error is a pipe its reader closed (``| head``):
+#: what a shell shows for a program killed by SIGPIPE, 128 + 13.
+EXIT_CLOSED_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``iotdata`` command; returns the process exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run the ``iotdata`` command; returns the process exit code.
+
+    0 on success, 1 for an error (one line on stderr, ``iotdata: error: ...``), 2 for wrong
+    arguments (argparse's ``SystemExit``), 130 after Ctrl-C, and
+    :data:`EXIT_CLOSED_PIPE` (quietly) when the reader of our output went away.
+    """
     try:
-        return int(args.run(args))
+        try:
+            args = _parser().parse_args(argv)
+            return int(args.run(args))
+        finally:  # here, where a closed pipe is handled, not at the interpreter's exit
+            sys.stdout.flush()
     except IotDataError as exc:
-        print(f"iotdata: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
+    except BrokenPipeError as exc:
+        if _closed_outputs():
+            return EXIT_CLOSED_PIPE
+        return _fail(f"broken pipe: {exc}")
+    except OSError as exc:  # a path or device the command could not use
+        return _fail(_os_error(exc))
     except KeyboardInterrupt:
         return 130
 
 
+def _fail(message: str) -> int:
+    try:
+        print(f"iotdata: error: {message}", file=sys.stderr)
+    except BrokenPipeError:
+        _closed_outputs()
+    return 1
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror}"
+
+
+def _closed_outputs() -> bool:
+    """Whether stdout or stderr is a pipe without a reader; such a stream is pointed at
+    /dev/null, so that the interpreter's last flush does not report the pipe again."""
+    closed = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # replaced, e.g. by a test's capture
+            continue
+        if _reader_gone(fd):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            closed = True
+    return closed
+
+
+def _reader_gone(fd: int) -> bool:
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows: assume the usual cause
+        return fd == 1
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that help written into a closed pipe is not ignored: argparse's own
+    ``_print_message`` swallows the error (and exits 0), where every other output of ours
+    ends as :func:`main` says. Subcommand parsers are of this class too."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iotdata",
         description="IoT telemetry pipelines: device client, codec, Kafka ingestion, "
         "stream operators and storage sinks.",
@@ -95,15 +172,16 @@ def _add_simulate(commands: Any) -> None:
     )
     simulate.add_argument(
         "--rate",
-        type=positive_float,
+        type=rate,
         default=1.0,
         metavar="R",
-        help="readings per second per device; may be fractional, e.g. 0.1 (default 1)",
+        help="readings per second per device; may be fractional, e.g. 0.1 (default 1; at most "
+        "1000000: timestamps are microseconds)",
     )
     length = simulate.add_mutually_exclusive_group()
     length.add_argument(
         "--duration",
-        type=positive_float,
+        type=seconds,
         metavar="S",
         help="run for S seconds of wall time, each device producing R readings per second",
     )
@@ -170,7 +248,7 @@ def _add_simulate(commands: Any) -> None:
     )
     simulate.add_argument(
         "--connect-timeout",
-        type=positive_float,
+        type=seconds,
         default=10.0,
         metavar="S",
         help="give up when the broker cannot be reached within S seconds (default 10)",
@@ -187,6 +265,9 @@ def _add_simulate(commands: Any) -> None:
 def _simulate_fleet(args: argparse.Namespace) -> int:
     if args.keep_timestamps and args.replay is None:
         print("iotdata: error: --keep-timestamps needs --replay", file=sys.stderr)
+        return 2
+    if args.anomalies is not None and (problem := check_writable(args.anomalies)):
+        print(f"iotdata: error: --anomalies: {problem}", file=sys.stderr)
         return 2
     level = logging.INFO if args.verbose else logging.ERROR
     logging.basicConfig(format="iotdata: %(name)s: %(message)s", level=level)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import random
 import string
+import subprocess
+import sys
 import tracemalloc
 import zlib
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -347,3 +350,125 @@ def test_default_encoder_output_fits_max_frame_bytes() -> None:
     # default decoder refuses with "exceeds max_frame_bytes".
     assert len(data) <= DEFAULTS.max_frame_bytes
     assert decode(data) == batch
+
+
+# ------------------------------------------------------------------- memory kept between decodes
+
+
+#: ``n`` readings whose ts, seq and values are lanes of zero width (all zeros), behind a divisor
+#: for ts: 47 bytes whatever ``n``, and every decode of it meets the lane masks for ``n`` lanes.
+def _many_counts_frame(n: int) -> bytes:
+    lanes = [1, 0, [], b""]
+    return frame(pack(["d", [["m", n, [3, 1_000_000, 0, lanes], lanes, [10, lanes]]]]))
+
+
+_RSS_GROWTH = """
+import sys
+from iotdata import codec
+sys.path.insert(0, {tests!r})
+from test_codec_limits import _many_counts_frame
+
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+frames = [_many_counts_frame(100_000 - i) for i in range(64)]
+assert {{len(f) for f in frames}} == {{47}}
+codec.decode(_many_counts_frame(10))  # first use: whatever the imports still allocate
+before = rss()
+for data in frames:
+    codec.decode(data)
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+@pytest.mark.timeout(120)
+def test_small_frames_declaring_many_counts_leave_no_memory_behind() -> None:
+    """64 valid frames of 47 bytes, each declaring a different count near max_readings: each
+    decode needs lane masks of ~800 KB, and a cache keyed by the count kept them all (210 MB
+    resident after the loop). Measured in a fresh interpreter, as resident memory."""
+    tests = str(Path(__file__).resolve().parent)
+    code = _RSS_GROWTH.format(tests=tests)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=110, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    growth = int(result.stdout)
+    # Regression test (was a bug): 210 MiB.
+    assert growth < 8 * MiB, f"{growth / MiB:.1f} MiB more resident after 64 frames"
+
+
+def test_the_mask_cache_is_bounded_by_entries_and_bytes() -> None:
+    from iotdata.codec._ints import MASKS  # noqa: PLC0415
+
+    for n in [*range(300, 600), *range(90_000, 90_100)]:
+        assert len(decode(_many_counts_frame(n))) == n
+        entries, size = MASKS.statistics()
+        assert entries <= MASKS.max_entries
+        assert size <= MASKS.max_bytes
+
+
+def test_mask_cache_keeps_the_most_recent_and_never_an_oversized_value() -> None:
+    from iotdata.codec._ints import MaskCache  # noqa: PLC0415
+
+    cache = MaskCache(max_entries=3, max_bytes=4000)
+    made: list[int] = []
+
+    def make(key: int) -> tuple[int, ...]:
+        made.append(key)
+        return (1 << (8 * key),)  # about key + 28 bytes
+
+    for key in (1, 2, 3, 1, 4):  # 1 used again: 2 is the oldest when 4 arrives
+        assert cache.get(key, lambda key=key: make(key)) == (1 << (8 * key),)
+    assert made == [1, 2, 3, 4]
+    assert cache.get(1, lambda: make(1)) == (1 << 8,)  # still kept
+    cache.get(2, lambda: make(2))
+    assert made == [1, 2, 3, 4, 2]  # 2 had been dropped
+    for _ in range(2):
+        cache.get(2000, lambda: make(2000))  # over a quarter of max_bytes: never kept
+    assert made[-2:] == [2000, 2000]
+    assert cache.statistics()[0] == 3
+    assert cache.statistics()[1] <= 4000
+
+
+_ENCODERS_GROWTH = """
+import random
+import attrs
+from iotdata import Batch, codec
+
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+rng = random.Random(0)
+samples = [
+    Batch.from_columns(f"dev-{i % 50}", {"temp": ([i * 10**6], [rng.uniform(0, 30)], [i])})
+    for i in range(500)
+]
+trained = codec.train_dictionary(samples)
+assert len(trained.data) > 1000
+codec.encode(samples[0], dictionary=trained)
+before = rss()
+for i in range(1, 401):
+    codec.encode(samples[0], dictionary=attrs.evolve(trained, id=i))
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+@pytest.mark.timeout(120)
+def test_encode_keeps_a_bounded_number_of_encoders_per_thread() -> None:
+    """``codec.encode(batch, dictionary=d)`` keeps an encoder (a zstd context with ``d``, about
+    100 KB) per dictionary; a service going through many dictionaries kept them all."""
+    result = subprocess.run(
+        [sys.executable, "-c", _ENCODERS_GROWTH],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    growth = int(result.stdout)
+    # Regression test (was a bug): about 44 MiB for 400 dictionaries.
+    assert growth < 8 * MiB, f"{growth / MiB:.1f} MiB more resident after 400 dictionaries"

@@ -10,6 +10,7 @@ A frame of one reading is mostly names and a timestamp. A :class:`Dictionary` ca
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Any
 
@@ -20,15 +21,22 @@ import zstandard
 from iotdata.errors import DecodeError, InvalidInputError
 from iotdata.model import _check_name
 
-__all__ = ["TS_OFF_GRID", "Dictionary"]
+__all__ = ["SERIALIZATION_VERSION", "TS_OFF_GRID", "Dictionary"]
 
 MAGIC = b"iTD"
+#: The layout :meth:`Dictionary.to_bytes` writes (docs/format.md); the byte after the magic.
+SERIALIZATION_VERSION = 2
 #: A lone timestamp off the dictionary's grid is written ``[5, ts]``; on it, as its index ``k``.
 TS_OFF_GRID = 5
 #: Most strings a dictionary holds: indexes stay 1-byte msgpack integers.
 MAX_STRINGS = 128
 _MAX_ID = 2**32 - 1
-_HEADER = struct.Struct("<II")
+#: Magic, version, then id, context length and zstd data length.
+_HEADER = struct.Struct("<3sBIII")
+_DIGEST = hashlib.sha256().digest_size
+#: Magic, id and context length: the first layout, before version 2 (no checksum).
+_FIRST_HEADER = struct.Struct("<3sII")
+_CONVERT = "convert a file you trust once as docs/format.md (Dictionaries) shows, or train it again"
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -109,23 +117,99 @@ class Dictionary:
     # ------------------------------------------------------------------ storage
 
     def to_bytes(self) -> bytes:
-        """``b"iTD"``, id and context length (4 bytes each), msgpack context, zstd data."""
+        """The dictionary as bytes for :meth:`from_bytes` (layout version 2, docs/format.md).
+
+        ``b"iTD"``, the version byte, then id, context length and zstd data length (4 bytes
+        each, little-endian), the msgpack context, the zstd data, and the SHA-256 of all that.
+        """
         context: bytes = msgpack.packb([list(self.strings), self.ts_base, self.ts_step])
-        return MAGIC + _HEADER.pack(self.id, len(context)) + context + self.data
+        header = _HEADER.pack(MAGIC, SERIALIZATION_VERSION, self.id, len(context), len(self.data))
+        content = header + context + self.data
+        return content + hashlib.sha256(content).digest()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Dictionary:
-        """Load what :meth:`to_bytes` wrote; raises :class:`DecodeError` for other bytes."""
-        start = len(MAGIC) + _HEADER.size
-        if len(data) < start or data[: len(MAGIC)] != MAGIC:
-            raise DecodeError("not an iotdata dictionary")
-        ident, size = _HEADER.unpack_from(data, len(MAGIC))
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Dictionary:
+        """Load what :meth:`to_bytes` wrote, checking its lengths and checksum first.
+
+        Raises :class:`DecodeError` for anything else: other bytes, a truncated, extended or
+        corrupted dictionary (one changed bit is always detected), another layout version, or
+        a dictionary of the first layout, which had no checksum (docs/format.md says how to
+        convert one).
+        """
         try:
-            strings, base, step = msgpack.unpackb(data[start : start + size], raw=False)
-            return cls(ident, bytes(data[start + size :]), strings, base, step)
-        except (InvalidInputError, ValueError, TypeError) as exc:
-            raise DecodeError(f"corrupt iotdata dictionary: {exc}") from None
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(type(data).__name__)
+            data = bytes(data)
+        except (TypeError, ValueError) as exc:  # ValueError: a released memoryview
+            raise DecodeError(f"expected bytes for a dictionary, got {exc}") from None
+        if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
+            raise DecodeError("not an iotdata dictionary (bad magic)")
+        if data[len(MAGIC)] != SERIALIZATION_VERSION or not _checked(data):
+            raise DecodeError(_why_not(data))
+        _, _, ident, size, _ = _HEADER.unpack_from(data)
+        start = _HEADER.size
+        strings, base, step = _context(data[start : start + size])
+        try:
+            return cls(ident, data[start + size : -_DIGEST], strings, base, step)
+        except InvalidInputError as exc:
+            raise DecodeError(f"invalid iotdata dictionary: {exc}") from None
 
     def zstd(self) -> zstandard.ZstdCompressionDict | None:
         """The zstd dictionary, if there is one."""
         return zstandard.ZstdCompressionDict(self.data) if self.data else None
+
+
+def _checked(data: bytes) -> bool:
+    """Whether ``data`` has the length its header declares and its SHA-256 matches."""
+    if len(data) < _HEADER.size + _DIGEST:
+        return False
+    _, _, _, size, data_size = _HEADER.unpack_from(data)
+    if len(data) != _HEADER.size + size + data_size + _DIGEST:
+        return False
+    return hashlib.sha256(data[:-_DIGEST]).digest() == data[-_DIGEST:]
+
+
+def _why_not(data: bytes) -> str:
+    version = data[len(MAGIC)]
+    if _first_layout(data):
+        return f"a dictionary of the first layout, without a checksum: {_CONVERT}"
+    if version != SERIALIZATION_VERSION:
+        return (
+            f"dictionary layout version {version} is not supported: this iotdata reads "
+            f"version {SERIALIZATION_VERSION}"
+        )
+    if len(data) < _HEADER.size + _DIGEST:
+        return f"truncated iotdata dictionary: {len(data)} bytes"
+    _, _, _, size, data_size = _HEADER.unpack_from(data)
+    declared = _HEADER.size + size + data_size + _DIGEST
+    if len(data) != declared:
+        return f"iotdata dictionary of {len(data)} bytes where its header says {declared}"
+    return "checksum mismatch: the iotdata dictionary is corrupt"
+
+
+def _first_layout(data: bytes) -> bool:
+    """Whether ``data`` parses as the first layout (what a corrupt dictionary rarely does)."""
+    if len(data) < _FIRST_HEADER.size:
+        return False
+    _, _, size = _FIRST_HEADER.unpack_from(data)
+    start = _FIRST_HEADER.size
+    if start + size > len(data):
+        return False
+    try:
+        _context(data[start : start + size])
+    except DecodeError:
+        return False
+    return True
+
+
+def _context(packed: bytes) -> tuple[list[Any], Any, Any]:
+    """``[strings, ts_base, ts_step]`` from msgpack; the values are checked by the class."""
+    try:
+        context = msgpack.unpackb(packed, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack's errors for bad bytes have no common base
+        raise DecodeError(f"invalid iotdata dictionary context: {exc}") from None
+    if type(context) is not list or len(context) != 3:
+        raise DecodeError("invalid iotdata dictionary: context must be [strings, ts_base, ts_step]")
+    if type(context[0]) is not list:
+        raise DecodeError("invalid iotdata dictionary: strings must be an array")
+    return context[0], context[1], context[2]

@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -451,14 +451,23 @@ def train_dictionary(
 
 
 _local = threading.local()
+#: Encoders :func:`encode` keeps per thread, one per dictionary, the least recently used
+#: dropped first (each holds a zstd context of about 100 KB with its dictionary).
+_ENCODERS_PER_THREAD = 16
 
 
 def encode(batch: Batch, *, dictionary: Dictionary | None = None) -> bytes:
-    """Encode ``batch`` into one frame (a thread-local :class:`Encoder` per dictionary)."""
-    encoders: dict[Dictionary | None, Encoder] = _local.__dict__.setdefault("encoders", {})
+    """Encode ``batch`` into one frame (a thread-local :class:`Encoder` for each of the last
+    16 dictionaries used)."""
+    encoders: OrderedDict[Dictionary | None, Encoder]
+    encoders = _local.__dict__.setdefault("encoders", OrderedDict())
     encoder = encoders.get(dictionary)
     if encoder is None:
+        if len(encoders) >= _ENCODERS_PER_THREAD:
+            encoders.popitem(last=False)
         encoder = encoders[dictionary] = Encoder(dictionary=dictionary)
+    else:
+        encoders.move_to_end(dictionary)
     return encoder.encode(batch)
 
 

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from array import array
-from collections.abc import Sequence
-from functools import lru_cache
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
 from operator import sub
 from typing import Any
@@ -45,6 +46,8 @@ from typing import Any
 from iotdata.errors import DecodeError
 
 __all__ = [
+    "MASKS",
+    "MaskCache",
     "decode_ints",
     "encode_ints",
     "estimated_size",
@@ -132,9 +135,62 @@ def lane_cost(data: bytes) -> int:
 # --------------------------------------------------------------------------- lane arithmetic
 
 
-@lru_cache(maxsize=64)
-def _masks(count: int) -> tuple[int, int, int]:
+class MaskCache:
+    """Big-integer masks kept between calls, least recently used dropped first.
+
+    The key is a lane count, which a frame declares: an unbounded cache would let a stream of
+    small frames declaring many different counts keep megabytes each (a 100,000-lane mask is
+    800 KB). So both the entries and their total size are bounded; a value larger than a
+    quarter of ``max_bytes`` is computed for each call and never kept. Thread-safe: the lock
+    is held only around the dictionary, never while computing a value.
+    """
+
+    __slots__ = ("_entries", "_lock", "_size", "max_bytes", "max_entries")
+
+    def __init__(self, *, max_entries: int, max_bytes: int) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._entries: OrderedDict[Hashable, tuple[tuple[int, ...], int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = 0
+
+    def get(self, key: Hashable, make: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:
+        """The cached value of ``key``, else ``make()`` (kept if it is small enough)."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
+        value = make()
+        size = sum(map(sys.getsizeof, value))
+        if size <= self.max_bytes // 4:
+            with self._lock:
+                self._keep(key, value, size)
+        return value
+
+    def _keep(self, key: Hashable, value: tuple[int, ...], size: int) -> None:
+        if key in self._entries:  # another thread made it meanwhile
+            return
+        self._entries[key] = (value, size)
+        self._size += size
+        while len(self._entries) > self.max_entries or self._size > self.max_bytes:
+            self._size -= self._entries.popitem(last=False)[1][1]
+
+    def statistics(self) -> tuple[int, int]:
+        """``(entries, bytes)`` kept now."""
+        with self._lock:
+            return len(self._entries), self._size
+
+
+#: The masks of the lane arithmetic, by lane count (see :class:`MaskCache`).
+MASKS = MaskCache(max_entries=64, max_bytes=1024 * 1024)
+
+
+def _masks(count: int) -> tuple[int, ...]:
     """Bit 0 of every lane, bit 63 of every lane, and all ``count`` lanes."""
+    return MASKS.get(count, lambda: _make_masks(count))
+
+
+def _make_masks(count: int) -> tuple[int, int, int]:
     low = int.from_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00" * count, "little")
     return low, low << 63, (1 << (64 * count)) - 1
 
@@ -307,9 +363,12 @@ def _divided(values: Sequence[int], lanes: int) -> list[Any] | None:
     return [DIVIDED, divisor, remainder, _lanes_form(first, quotients, count)]
 
 
-@lru_cache(maxsize=64)
 def _high_bits(count: int, low: int) -> int:
     """Bits ``low`` to 63 of each of ``count`` lanes."""
+    return MASKS.get((count, low), lambda: (_make_high_bits(count, low),))[0]
+
+
+def _make_high_bits(count: int, low: int) -> int:
     lane = (_ONES ^ ((1 << max(low, 0)) - 1)).to_bytes(8, "little")
     return int.from_bytes(lane * count, "little")
 

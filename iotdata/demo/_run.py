@@ -42,6 +42,8 @@ START_TS = 1_714_521_600 * SECOND
 METRIC = "temperature"
 PARTITIONS = 4
 MARKER = ".iotdata-demo"
+#: The most simulated minutes: readings stay before the year 10000 (what the stores take).
+MAX_MINUTES = (253_402_300_800 * SECOND - START_TS) // (60 * SECOND)
 #: Which detectors are meant to find which injected kind (for the report).
 FINDS = {"spike": "zscore", "level_shift": "zscore", "stuck": "flatline", "dropout": "missing"}
 
@@ -56,7 +58,8 @@ class DemoOptions:
     """What :func:`run_demo` runs. ``out`` is the demo's folder: created, or emptied when an
     earlier demo made it; another folder that is not empty is refused. ``mqtt`` (a broker URL)
     needs ``kafka`` (bootstrap servers): the gateway bridges the two. ``postgres`` (a DSN)
-    replaces SQLite as the warm store."""
+    replaces SQLite as the warm store. ``interval`` is from one microsecond (the unit of
+    timestamps) to the whole run, and ``minutes`` at most :data:`MAX_MINUTES`."""
 
     out: Path = attrs.field(default=Path("iotdata-demo"), converter=Path)
     devices: int = attrs.field(default=200, validator=_positive)
@@ -77,6 +80,15 @@ class DemoOptions:
             raise InvalidInputError("devices and minutes must be whole numbers")
         if not 0 <= self.anomaly_rate <= 1:
             raise InvalidInputError(f"anomaly_rate must be from 0 to 1: {self.anomaly_rate!r}")
+        if self.minutes > MAX_MINUTES:
+            raise InvalidInputError(
+                f"minutes must be at most {MAX_MINUTES:,}: the readings would pass the year 9999"
+            )
+        if not 1 / SECOND <= self.interval <= 60 * self.minutes:
+            raise InvalidInputError(
+                f"interval must be from 0.000001 s (timestamps are microseconds) to "
+                f"{60 * self.minutes:,} s (the minutes simulated), got {self.interval!r}"
+            )
         if self.mqtt is not None and self.kafka is None:
             raise InvalidInputError(
                 "--mqtt needs --kafka too: the gateway bridges the broker into Kafka"
@@ -398,6 +410,15 @@ def _have_pyarrow() -> bool:
 
 def _prepare(out: Path) -> Path:
     """A fresh demo folder: an earlier demo's is emptied, anything else left alone."""
+    try:
+        _empty_or_new(out)
+        (out / MARKER).write_text("made by iotdata demo; emptied by the next run\n")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot use {out} as the demo's folder: {exc.strerror}") from None
+    return out
+
+
+def _empty_or_new(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise InvalidInputError(f"{out} is a file: give --out a folder")
@@ -408,8 +429,6 @@ def _prepare(out: Path) -> Path:
                 f"{out} is not empty and not a demo folder: choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by iotdata demo; emptied by the next run\n")
-    return out
 
 
 def _warm_store(options: DemoOptions, out: Path) -> tuple[str, str]:

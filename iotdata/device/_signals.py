@@ -234,7 +234,7 @@ def read_series(path: Path) -> Series:
                 moment, value = _row(path, line, row)
                 ts.append(moment)
                 values.append(value)
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInputError(f"cannot read {path}: {exc}") from exc
     if not ts:
         raise InvalidInputError(f"{path} has no readings")
