@@ -15,6 +15,7 @@ embedded default: one file per partition, written atomically) and :class:`KafkaC
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ __all__ = [
     "encode_checkpoint",
 ]
 
-_VERSION = 1
+_VERSION = 2
 #: Largest state a checkpoint decompresses to.
 MAX_STATE_BYTES = 256 * 1024 * 1024
 #: Largest checkpoint record in the Kafka store (the topic is created to take it).
@@ -60,25 +61,39 @@ class Checkpoint:
 
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
-    """``[version, topic, partition, offset, compressed, state]`` in msgpack; a state over
-    1 KiB is zstd-compressed (dedup bitmaps and window states shrink a lot)."""
+    """``[2, body, crc32(body)]`` in msgpack, where ``body`` is the msgpack array ``[topic,
+    partition, offset, compressed, state]``; a state over 1 KiB is zstd-compressed (dedup runs
+    and window states shrink a lot). The CRC-32 catches a damaged record, which would
+    otherwise resume a partition at another offset or with other state."""
     state = checkpoint.state
     compressed = len(state) > 1024
     if compressed:
         state = zstandard.ZstdCompressor(level=3).compress(state)
-    body = [_VERSION, checkpoint.topic, checkpoint.partition, checkpoint.offset, compressed, state]
-    data: bytes = msgpack.packb(body, use_bin_type=True)
+    body = [checkpoint.topic, checkpoint.partition, checkpoint.offset, compressed, state]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    data: bytes = msgpack.packb([_VERSION, packed, zlib.crc32(packed)], use_bin_type=True)
     return data
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:
-    """Raises :class:`~iotdata.errors.DecodeError` for anything but a checkpoint we wrote."""
-    try:
-        version, topic, partition, offset, compressed, state = msgpack.unpackb(data, raw=False)
-    except Exception as exc:
-        raise DecodeError(f"not a checkpoint: {exc}") from None
-    if version != _VERSION:
-        raise DecodeError(f"checkpoint format {version!r} is not supported (expected 1)")
+    """Raises :class:`~iotdata.errors.DecodeError` for anything but a checkpoint we wrote.
+
+    Reads the current format and the first one (``[1, topic, partition, offset, compressed,
+    state]``, without a checksum), which running pipelines may still have stored.
+    """
+    outer = _unpack(data)
+    if len(outer) == 3 and outer[0] == _VERSION:
+        _, packed, crc = outer
+        if type(packed) is not bytes or type(crc) is not int or zlib.crc32(packed) != crc:
+            raise DecodeError("damaged checkpoint: its checksum does not match")
+        fields = _unpack(packed)
+    elif len(outer) == 6 and outer[0] == 1:
+        fields = outer[1:]
+    else:
+        raise DecodeError(f"checkpoint format {outer[0]!r} is not supported (expected 1 or 2)")
+    if len(fields) != 5:
+        raise DecodeError("malformed checkpoint")
+    topic, partition, offset, compressed, state = fields
     if not (type(topic) is str and type(partition) is int and type(offset) is int):
         raise DecodeError("malformed checkpoint")
     if type(state) is not bytes or offset < 0 or partition < 0 or type(compressed) is not bool:
@@ -89,6 +104,16 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         except zstandard.ZstdError as exc:
             raise DecodeError(f"malformed checkpoint: {exc}") from None
     return Checkpoint(topic, partition, offset, state)
+
+
+def _unpack(data: object) -> list[Any]:
+    try:
+        value = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+        raise DecodeError(f"not a checkpoint: {exc}") from None
+    if not isinstance(value, list) or not value:
+        raise DecodeError("not a checkpoint")
+    return value
 
 
 class CheckpointStore(Protocol):
