@@ -6,6 +6,9 @@ changing it moves devices to other partitions and breaks their order. A topic wh
 no replication gets the cluster's ``default.replication.factor`` (read from a broker: the
 CreateTopics versions aiokafka speaks cannot leave it to the broker), so that on a replicated
 cluster every topic of a pipeline, its checkpoints included, survives the loss of a broker.
+On a cluster of several brokers, a broker applies new metadata a moment after the controller:
+a topic just created elsewhere is asked about again rather than refused, and the topics created
+are usable through any broker once :func:`ensure_topics` returns.
 """
 
 from __future__ import annotations
@@ -78,39 +81,49 @@ async def ensure_topics(
     security: KafkaSecurity | None = None,
 ) -> dict[str, int]:
     """Create the topics that are missing and set the configuration of all; return each
-    topic's partition count. ``security``: how to connect (TLS, SASL), as the producer does.
+    topic's partition count once every broker knows the topics created (within ``timeout``
+    seconds). ``security``: how to connect (TLS, SASL), as the producer does.
 
     Raises :class:`~iotdata.errors.InvalidInputError` when an existing topic has another
     partition count than asked, :class:`~iotdata.errors.ConnectError` when Kafka cannot be
     reached, and :class:`~iotdata.errors.DeliveryError` when Kafka refuses a change (or does
-    not tell its ``default.replication.factor`` when a spec leaves the replication to it).
+    not tell its ``default.replication.factor`` when a spec leaves the replication to it), or,
+    retriable, when its brokers do not describe a topic within ``timeout``.
     """
     from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     check_bootstrap(bootstrap)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        request_timeout_ms=int(timeout * 1000),
+    options = {
+        "bootstrap_servers": bootstrap,
+        "request_timeout_ms": int(timeout * 1000),
         **(security or KafkaSecurity()).client_options(),
-    )
+    }
+    deadline = time.monotonic() + timeout
+    admin = AIOKafkaAdminClient(**options)
     await start_client(admin, bootstrap)
     try:
-        return await _ensure(admin, specs, timeout)
+        counts, created = await _ensure(admin, specs, timeout, deadline)
+        if created:
+            await _known_everywhere(options, created, deadline)
+        return counts
     except KafkaError as exc:
         raise DeliveryError(f"Kafka admin request failed: {exc}", retriable=exc.retriable) from exc
     finally:
         await admin.close()
 
 
-async def _ensure(admin: Any, specs: tuple[TopicSpec, ...], timeout: float) -> dict[str, int]:
+async def _ensure(
+    admin: Any, specs: tuple[TopicSpec, ...], timeout: float, deadline: float
+) -> tuple[dict[str, int], list[str]]:
+    """Each topic's partition count, and the names of the topics created."""
     from aiokafka.admin.config_resource import (  # noqa: PLC0415
         ConfigResource,
         ConfigResourceType,
     )
 
-    deadline = time.monotonic() + timeout
     existing = await _create(admin, specs, timeout)
+    created = [spec.name for spec in specs if spec.name not in existing]
     counts = {spec.name: spec.partitions for spec in specs}
     if existing:
         counts.update(await _partition_counts(admin, existing, deadline))
@@ -128,7 +141,7 @@ async def _ensure(admin: Any, specs: tuple[TopicSpec, ...], timeout: float) -> d
         ]
         if resources:
             await _alter(admin, resources, deadline)
-    return counts
+    return counts, created
 
 
 async def _create(admin: Any, specs: tuple[TopicSpec, ...], timeout: float) -> list[str]:
@@ -175,6 +188,47 @@ async def _partition_counts(admin: Any, names: list[str], deadline: float) -> di
                 f"topics {settling} exist, but Kafka does not describe them yet", retriable=True
             )
         await asyncio.sleep(_SETTLE_POLL)
+
+
+async def _known_everywhere(options: dict[str, Any], names: list[str], deadline: float) -> None:
+    """Wait until every broker that answers describes the topics just created with a leader
+    for each partition, so that a client may use them through any broker once
+    :func:`ensure_topics` returned (a broker applies new metadata a moment after the
+    controller). A broker that does not answer is left out: it serves nobody."""
+    from aiokafka import AIOKafkaClient  # noqa: PLC0415
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+    from aiokafka.protocol.metadata import MetadataRequest  # noqa: PLC0415
+
+    client = AIOKafkaClient(**options)
+    await client.bootstrap()
+    try:
+        pending = {broker.nodeId for broker in client.cluster.brokers()}
+        while pending:
+            for node in sorted(pending):
+                try:
+                    response = await client.send(node, MetadataRequest(names, False))
+                except KafkaError:
+                    pending.discard(node)
+                    continue
+                if all(_usable(topic) for topic in response.to_object()["topics"]):
+                    pending.discard(node)
+            if pending and time.monotonic() >= deadline:
+                raise DeliveryError(
+                    f"brokers {sorted(pending)} do not describe the new topics {names} yet",
+                    retriable=True,
+                )
+            if pending:
+                await asyncio.sleep(_SETTLE_POLL)
+    finally:
+        await client.close()
+
+
+def _usable(topic: Mapping[str, Any]) -> bool:
+    """A topic of a metadata response is known, with a leader for each of its partitions."""
+    partitions = topic["partitions"]
+    return (
+        topic["error_code"] == 0 and bool(partitions) and all(p["leader"] >= 0 for p in partitions)
+    )
 
 
 async def _alter(admin: Any, resources: list[Any], deadline: float) -> None:

@@ -6,7 +6,10 @@ that leads the most partitions and through the loss of two nodes of three, check
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -15,7 +18,11 @@ from iotdata import codec
 from iotdata.errors import DeliveryError, DeliveryTimeoutError
 from iotdata.kafka import Delivered, PartitionedProducer, ProducerSettings, TopicSpec, ensure_topics
 from iotdata.model import Batch
-from tests._kafka_cluster import KafkaCluster
+from iotdata.stream import KafkaCheckpoints
+from tests._kafka_cluster import REPO_ROOT, KafkaCluster
+from tests.stream._support import check, stored
+from tests.stream._support import frames as stream_frames
+from tests.stream._worker import status
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -142,6 +149,24 @@ def test_ensure_topics_right_after_a_creation_sees_the_new_topic(
             assert await ensure_topics(bootstrap, changed) == {name: 3}
             await kafka_cluster.wait_topic_config(name, {"retention.ms": "7200000"})
         await kafka_cluster.delete_topics(*names)
+
+    asyncio.run(scenario())
+
+
+def test_topics_are_usable_through_any_broker_once_ensure_topics_returns(
+    kafka_cluster: KafkaCluster, unique_name: str
+) -> None:
+    """A stream worker creates its checkpoint topic and reads it at once, through whichever
+    broker its consumer asks (the leader of the partition included): that must never find the
+    topic unknown, as it did when ensure_topics returned before every broker knew the topic."""
+    bootstrap = kafka_cluster.bootstrap
+
+    async def scenario() -> None:
+        stores = [KafkaCheckpoints(bootstrap, f"{unique_name}.{i}.checkpoints") for i in range(6)]
+        for store in stores:
+            await ensure_topics(bootstrap, store.spec())
+            assert await store.load("input", [0, 1]) == {}
+        await kafka_cluster.delete_topics(*(store.topic for store in stores))
 
     asyncio.run(scenario())
 
@@ -278,3 +303,69 @@ def test_with_two_of_three_nodes_down_sends_fail_clearly_and_nothing_acknowledge
         await cluster.delete_topics(unique_name)
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# A stream worker through a SIGKILL of the leader
+
+
+def test_a_stream_worker_goes_on_through_a_sigkill_of_the_leader_and_stores_exactly(
+    kafka_cluster_faults: KafkaCluster, unique_name: str, tmp_path: Path
+) -> None:
+    """A worker (Kafka source, checkpoints in a Kafka topic, SQLite sink) runs while the node
+    leading the most partitions of its input and checkpoint topics is SIGKILLed and restarted:
+    the sink ends with every (device_id, seq) once and exactly the reference's windows."""
+    cluster = kafka_cluster_faults
+    asyncio.run(ensure_topics(cluster.bootstrap, TopicSpec(name=unique_name, partitions=4)))
+    path = tmp_path / "out.sqlite"
+    # python -m tests.stream._worker BOOTSTRAP TOPIC GROUP SQLITE_PATH MEMBER IDLE_SECONDS
+    command = ["tests.stream._worker", cluster.bootstrap, unique_name, unique_name, str(path)]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", *command, "w1", "15"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    data = stream_frames()
+    first, rest = data[: len(data) // 2], data[len(data) // 2 :]
+
+    async def scenario() -> tuple[int, float]:
+        async with await PartitionedProducer.start(settings(cluster, delivery_timeout=90)) as feed:
+            await send_spread(feed, unique_name, first, 6)
+            deadline = asyncio.get_running_loop().time() + 90
+            while not (len(stored(path)) >= 20 and status(path, "w1")[2] > 0):  # checkpointed
+                assert asyncio.get_running_loop().time() < deadline, status(path, "w1")
+                await asyncio.sleep(0.05)
+            topics = (unique_name, f"{unique_name}.checkpoints")
+            victim = await cluster.leader_of_most(*topics)
+            cluster.kill(victim)
+            await send_spread(feed, unique_name, rest[: len(rest) // 2], 3)
+            await cluster.wait_failover(victim, *topics, timeout=60)
+            seconds = await asyncio.to_thread(cluster.start)
+            await send_spread(feed, unique_name, rest[len(rest) // 2 :], 2)
+            await feed.flush(120)
+        return victim, seconds
+
+    try:
+        victim, seconds = asyncio.run(scenario())
+        out, _ = worker.communicate(timeout=180)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    report = out.decode()
+    assert worker.returncode == 0, report
+    print(f"node {victim} killed and restarted in {seconds:.1f} s; {report.strip()}")
+    check(path)
+    asyncio.run(cluster.delete_topics(unique_name, f"{unique_name}.checkpoints"))
+
+
+async def send_spread(
+    producer: PartitionedProducer, topic: str, data: list[tuple[str, bytes]], seconds: float
+) -> None:
+    """Send ``data`` spread over ``seconds``."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for n, (device, value) in enumerate(data):
+        await asyncio.sleep(max(0.0, began + seconds * n / len(data) - loop.time()))
+        await producer.send(topic, device, value)
