@@ -418,13 +418,24 @@ cluster_logs() { echo "$LOGS/kafka-cluster-$1"; }
 # cluster_pid NODE: the pid of the node's JVM, if it runs (started from $STATE).
 cluster_pid() { pid_of "$(cluster_dir "$1")/kafka.pid" "$(cluster_dir "$1")/server.properties"; }
 
-# cluster_log_files: every log of the cluster, for fail_with_logs.
-cluster_log_files() {
-	local node
-	for node in "${CLUSTER_NODES[@]}"; do
-		echo "$(cluster_logs "$node")/kafka.out"
-		echo "$(cluster_logs "$node")/kafka.log"
+# cluster_fail MESSAGE NODE...: fail_with_logs with the logs of these nodes (all when none is
+# named), after the first errors each of them logged in this start (a broker's last lines are
+# often those of its shutdown, not of the cause).
+cluster_fail() {
+	local message=$1 node log logs=()
+	shift
+	(($# > 0)) || set -- "${CLUSTER_NODES[@]}"
+	for node in "$@"; do
+		log="$(cluster_logs "$node")/kafka.log"
+		logs+=("$(cluster_logs "$node")/kafka.out" "$log")
+		[[ -s $log ]] || continue
+		printf -- '--- first errors of node %s since it started ---\n' "$node" >&2
+		# The JVM's first log line of each start resets the list.
+		awk '/Log4jController MBean/ { found = ""; n = 0 }
+			/ (ERROR|FATAL) / && n < 5 { found = found $0 "\n"; n++ }
+			END { printf "%s", found }' "$log" >&2
 	done
+	fail_with_logs "$message" "${logs[@]}"
 }
 
 # cluster_brokers: how many brokers the cluster's metadata lists that answer a request (a
@@ -447,16 +458,12 @@ cluster_ready() {
 # cluster_wait: wait until the cluster is ready; fail early when a JVM of ours exits.
 cluster_wait() {
 	local deadline=$((SECONDS + 120)) node
-	local -a logs
-	mapfile -t logs < <(cluster_log_files)
 	until cluster_ready; do
 		for node in "${CLUSTER_NODES[@]}"; do
-			cluster_pid "$node" >/dev/null ||
-				fail_with_logs "kafka-cluster: node $node exited during start-up" "${logs[@]}"
+			cluster_pid "$node" >/dev/null || cluster_fail "kafka-cluster: node $node exited during start-up" "$node"
 		done
 		((SECONDS < deadline)) ||
-			fail_with_logs "kafka-cluster: not all of $CLUSTER_BOOTSTRAP registered after 120 s" \
-				"$LOGS/kafka-cluster-probe.out" "${logs[@]}"
+			cluster_fail "kafka-cluster: not all of $CLUSTER_BOOTSTRAP registered after 120 s"
 		sleep 1
 	done
 }
@@ -490,7 +497,7 @@ cluster_id() {
 # cluster_format NODE...: format the storage of each of these nodes that has none, in parallel,
 # all with one cluster id; later starts reuse it (topics and offsets survive restarts).
 cluster_format() {
-	local node dir cluster_id pids=() failed=0 pid logs
+	local node dir cluster_id pids=() failed=0 pid
 	for node in "$@"; do
 		dir=$(cluster_dir "$node")
 		[[ -f $dir/data/meta.properties ]] && continue
@@ -501,10 +508,7 @@ cluster_format() {
 		pids+=($!)
 	done
 	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-	((failed == 0)) || {
-		mapfile -t logs < <(cluster_log_files)
-		fail_with_logs "kafka-cluster: could not format the storage in $CLUSTER_DIR" "${logs[@]}"
-	}
+	((failed == 0)) || cluster_fail "kafka-cluster: could not format the storage in $CLUSTER_DIR"
 }
 
 # cluster_launch NODE: start the node's JVM in the background (as kafka_start does the single
