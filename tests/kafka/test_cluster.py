@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from iotdata import codec
-from iotdata.errors import DeliveryError, DeliveryTimeoutError
+from iotdata.errors import DeliveryError, DeliveryTimeoutError, InvalidInputError
 from iotdata.kafka import Delivered, PartitionedProducer, ProducerSettings, TopicSpec, ensure_topics
 from iotdata.model import Batch
 from iotdata.stream import KafkaCheckpoints
@@ -96,6 +96,14 @@ def settings(cluster: KafkaCluster, **options: object) -> ProducerSettings:
 
 # ---------------------------------------------------------------------------------------------
 # Topics
+
+
+def test_a_topic_spec_leaves_the_replication_to_the_cluster_unless_it_names_one() -> None:
+    assert TopicSpec(name="t").replication is None
+    assert TopicSpec(name="t", replication=3).replication == 3
+    for bad in (0, -1, 1.5, "3"):
+        with pytest.raises(InvalidInputError, match="replication"):
+            TopicSpec(name="t", replication=bad)  # type: ignore[arg-type]
 
 
 def test_topics_made_by_ensure_topics_get_three_replicas_and_min_isr_2(
@@ -194,11 +202,19 @@ def test_acknowledged_records_survive_a_sigkill_of_the_leader_of_most_partitions
         await cluster.wait_full_isr(unique_name, timeout=60)
         victim = await cluster.leader_of_most(unique_name)
         assert (await cluster.leaders(unique_name))[victim] >= 2
+        loop = asyncio.get_running_loop()
         restarted: asyncio.Task[float] | None = None
+        failover: asyncio.Task[float] | None = None
+        waits: list[float] = []  # seconds from send to acknowledgement
+
+        async def timed_failover() -> float:
+            killed = loop.time()
+            await cluster.wait_failover(victim, unique_name, timeout=60)
+            return loop.time() - killed
+
         async with await PartitionedProducer.start(
             settings(cluster, delivery_timeout=90)
         ) as producer:
-            loop = asyncio.get_running_loop()
             began = loop.time()
             futures: list[asyncio.Future[Delivered]] = []
             for n, (device, value) in enumerate(data):
@@ -206,14 +222,19 @@ def test_acknowledged_records_survive_a_sigkill_of_the_leader_of_most_partitions
                 if n == len(data) // 4:
                     assert sum(f.done() for f in futures) > 0  # the run is under way
                     cluster.kill(victim)
+                    failover = asyncio.create_task(timed_failover())
                 if n == len(data) // 2:
-                    await cluster.wait_failover(victim, unique_name, timeout=60)
+                    assert failover is not None
+                    await failover  # the others lead the victim's partitions
                     restarted = asyncio.create_task(asyncio.to_thread(cluster.start))
-                futures.append(await producer.send(unique_name, device, value))
+                future = await producer.send(unique_name, device, value)
+                sent = loop.time()
+                future.add_done_callback(lambda _, sent=sent: waits.append(loop.time() - sent))
+                futures.append(future)
             await producer.flush(120)
             results = await asyncio.gather(*futures, return_exceptions=True)
             stats = producer.statistics()
-        assert restarted is not None
+        assert restarted is not None and failover is not None
         seconds = await restarted
         await cluster.wait_full_isr(unique_name, timeout=120)
 
@@ -232,9 +253,10 @@ def test_acknowledged_records_survive_a_sigkill_of_the_leader_of_most_partitions
         assert set(counts) == expected
         duplicated = {key: n for key, n in counts.items() if n > 1}
         print(
-            f"node {victim} killed; restarted in {seconds:.1f} s; {len(data)} frames, "
-            f"{stats.batches} batches, {stats.renewals} producer renewals, "
-            f"{len(duplicated)} readings duplicated"
+            f"node {victim} killed; its partitions led by others after "
+            f"{failover.result():.1f} s; restarted in {seconds:.1f} s; {len(data)} frames, "
+            f"longest wait for an acknowledgement {max(waits):.1f} s, {stats.batches} "
+            f"batches, {stats.renewals} producer renewals, {len(duplicated)} readings duplicated"
         )
         # One producer duplicates only when it sends a batch again with a new producer id.
         assert not duplicated or stats.renewals > 0, duplicated
