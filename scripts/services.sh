@@ -731,7 +731,7 @@ pg_status() {
 # ---------------------------------------------------------------------------------------------
 # Commands
 
-ALL=(mqtt kafka kafka_cluster postgres)
+ALL=(mqtt kafka kafka-cluster postgres)
 ANY_DOWN=0
 
 status_line() {
