@@ -183,9 +183,8 @@ class PartitionedProducer:
     _partitions: dict[str, int] = attrs.Factory(dict)
     _room: asyncio.Event = attrs.Factory(asyncio.Event)
     _renewing: asyncio.Lock = attrs.Factory(asyncio.Lock)
-    #: aiokafka producers replaced by a renewal, and the tasks stopping them.
-    _retired: list[Any] = attrs.Factory(list)
-    _stopping: set[asyncio.Task[None]] = attrs.Factory(set)
+    #: The tasks stopping aiokafka producers a renewal replaced, and those producers.
+    _retired: dict[asyncio.Task[None], Any] = attrs.Factory(dict)
     _buffered: int = 0
     _failure: BaseException | None = None
     _closed: bool = False
@@ -314,11 +313,11 @@ class PartitionedProducer:
                 if lane.task is not None:
                     lane.task.cancel()
             self._fail_all(ClosedError("the producer was closed before Kafka acknowledged"))
-            for retired in self._retired:
+            for retired in self._retired.values():
                 _give_up(retired)
             await _stop_within(self._kafka, _STOP_GRACE)
-            if self._stopping:
-                await asyncio.wait(self._stopping, timeout=_STOP_GRACE)
+            if self._retired:
+                await asyncio.wait(list(self._retired), timeout=_STOP_GRACE)
 
     async def __aenter__(self) -> PartitionedProducer:
         return self
@@ -481,11 +480,10 @@ class PartitionedProducer:
             self._counts["renewals"] += 1
             # The old one may still deliver batches other lanes wait for: let it, up to their
             # deadline (which always comes first), then give up what it holds.
-            self._retired.append(broken)
             stop = _stop_within(broken, self.settings.delivery_timeout)
             task = asyncio.get_running_loop().create_task(stop)
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+            self._retired[task] = broken
+            task.add_done_callback(lambda done: self._retired.pop(done, None))
 
     def _rebuild(self, batch: _Open) -> Any:
         """A fresh aiokafka batch with the same records (a failed one cannot be sent again)."""
