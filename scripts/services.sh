@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Install, start, stop and inspect the real services that iotdata's integration tests use:
-# Mosquitto 2.0 (MQTT), Apache Kafka 3.9 (KRaft, one node) and PostgreSQL 15, all on 127.0.0.1.
+# Mosquitto 2.0 (MQTT), Apache Kafka 3.9 (KRaft, one node), a three-node Kafka 3.9 KRaft cluster
+# (replication factor 3, min.insync.replicas 2) and PostgreSQL 15, all on 127.0.0.1.
 #
 #   scripts/services.sh up | down | status
-#   scripts/services.sh start | stop | restart [mqtt|kafka|postgres ...]
+#   scripts/services.sh start | stop | restart [mqtt|kafka|kafka-cluster|postgres ...]
 #
-# `up`/`start` install what is missing and start what is not running; both are safe to repeat.
+# `up`/`start` install what is missing and start what is not running; both are safe to repeat
+# (`start kafka-cluster` brings back, with its data, a node of the cluster that a test killed).
 # State (data, pid files) lives in $IOTDATA_SERVICES_DIR (default <repo>/.services), every log in
 # its logs/ folder, and the Kafka jars Maven fetched and the test CA of its TLS listeners in
 # $IOTDATA_CACHE (default ~/.cache/iotdata).
-# A service named by IOTDATA_MQTT_URL, IOTDATA_KAFKA_BOOTSTRAP or IOTDATA_POSTGRES_DSN is never
-# started or stopped here: it is only checked to be reachable.
+# A service named by IOTDATA_MQTT_URL, IOTDATA_KAFKA_BOOTSTRAP, IOTDATA_KAFKA_CLUSTER_BOOTSTRAP or
+# IOTDATA_POSTGRES_DSN is never started or stopped here: it is only checked to be reachable.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -112,6 +114,9 @@ pid_of() {
 }
 
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# elapsed START: the seconds since START (an $EPOCHREALTIME), to a tenth.
+elapsed() { awk -v start="$1" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.1f", now - start }'; }
 
 # stop_pid NAME PIDFILE PATTERN SECONDS: SIGTERM, wait for the exit, SIGKILL after SECONDS.
 stop_pid() {
@@ -388,6 +393,224 @@ kafka_status() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Apache Kafka, a three-node cluster (replication and broker-failure tests)
+#
+# Node N (1-3) is broker and controller in one JVM: its broker listener on 127.0.0.1:1909(N+1)
+# (19092, 19093, 19094), its controller listener on 127.0.0.1:1919(N+1). Each has its folder
+# $STATE/kafka-cluster/node-N (config, data, pid file) and its logs in $LOGS/kafka-cluster-N/.
+# `start kafka-cluster` starts the nodes that are not running (all of them, or the one a test
+# killed, which comes back with its data) and waits until all three are registered.
+
+CLUSTER_NODES=(1 2 3)
+CLUSTER_DIR="$STATE/kafka-cluster"
+CLUSTER_BOOTSTRAP=${IOTDATA_KAFKA_CLUSTER_BOOTSTRAP:-127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094}
+# Three of these run beside the single node on 2 cores: small heaps, few GC threads, and only
+# the quick JIT compiler (C1), which brings the three nodes up in about 6 s instead of 10 (they
+# compete for the cores while starting) and costs throughput the tests do not need.
+CLUSTER_JVM=(-Xms128m -Xmx384m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:ParallelGCThreads=1
+	-XX:ConcGCThreads=1 -XX:TieredStopAtLevel=1 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true)
+
+cluster_port() { echo $((19091 + $1)); }
+cluster_controller_port() { echo $((19191 + $1)); }
+cluster_dir() { echo "$CLUSTER_DIR/node-$1"; }
+cluster_logs() { echo "$LOGS/kafka-cluster-$1"; }
+
+# cluster_pid NODE: the pid of the node's JVM, if it runs (started from $STATE).
+cluster_pid() { pid_of "$(cluster_dir "$1")/kafka.pid" "$(cluster_dir "$1")/server.properties"; }
+
+# cluster_fail MESSAGE NODE...: fail_with_logs with the logs of these nodes (all when none is
+# named), after the first errors each of them logged in this start (a broker's last lines are
+# often those of its shutdown, not of the cause).
+cluster_fail() {
+	local message=$1 node log logs=()
+	shift
+	(($# > 0)) || set -- "${CLUSTER_NODES[@]}"
+	for node in "$@"; do
+		log="$(cluster_logs "$node")/kafka.log"
+		logs+=("$(cluster_logs "$node")/kafka.out" "$log")
+		[[ -s $log ]] || continue
+		printf -- '--- first errors of node %s since it started ---\n' "$node" >&2
+		# The JVM's first log line of each start resets the list.
+		awk '/Log4jController MBean/ { found = ""; n = 0 }
+			/ (ERROR|FATAL) / && n < 5 { found = found $0 "\n"; n++ }
+			END { printf "%s", found }' "$log" >&2
+	done
+	fail_with_logs "$message" "${logs[@]}"
+}
+
+# cluster_brokers: how many brokers the cluster's metadata lists that answer a request (a
+# metadata request to the bootstrap servers, then an ApiVersions request to each broker).
+cluster_brokers() {
+	kafka_tool kafka.admin.BrokerApiVersionsCommand --bootstrap-server "$CLUSTER_BOOTSTRAP" \
+		--command-config "$CLUSTER_DIR/probe.properties" 2>>"$LOGS/kafka-cluster-probe.out" |
+		grep '(id: ' | grep -vc 'ERROR' || true
+}
+
+# cluster_ready: every node accepts connections and all of them are registered brokers.
+cluster_ready() {
+	local node
+	for node in "${CLUSTER_NODES[@]}"; do
+		tcp_open 127.0.0.1 "$(cluster_port "$node")" || return 1
+	done
+	[[ $(cluster_brokers) == "${#CLUSTER_NODES[@]}" ]]
+}
+
+# cluster_wait: wait until the cluster is ready; fail early when a JVM of ours exits.
+cluster_wait() {
+	local deadline=$((SECONDS + 120)) node
+	until cluster_ready; do
+		for node in "${CLUSTER_NODES[@]}"; do
+			cluster_pid "$node" >/dev/null || cluster_fail "kafka-cluster: node $node exited during start-up" "$node"
+		done
+		((SECONDS < deadline)) ||
+			cluster_fail "kafka-cluster: not all of $CLUSTER_BOOTSTRAP registered after 120 s"
+		sleep 1
+	done
+}
+
+# cluster_render NODE: the node's server.properties from the template.
+cluster_render() {
+	local node=$1 dir voters="" other
+	dir=$(cluster_dir "$node")
+	for other in "${CLUSTER_NODES[@]}"; do
+		voters+="${voters:+,}$other@127.0.0.1:$(cluster_controller_port "$other")"
+	done
+	mkdir -p "$dir/data" "$(cluster_logs "$node")"
+	render "$CONF/kafka/cluster.properties" "$dir/server.properties" "NODE_ID=$node" \
+		"PORT=$(cluster_port "$node")" "CONTROLLER_PORT=$(cluster_controller_port "$node")" \
+		"VOTERS=$voters" "DATA_DIR=$dir/data"
+}
+
+# cluster_id: the cluster's id; made once, kept in $CLUSTER_DIR/cluster.id (or read back from a
+# node's formatted storage).
+cluster_id() {
+	local file="$CLUSTER_DIR/cluster.id" meta
+	if [[ ! -s $file ]]; then
+		meta=$(cat "$CLUSTER_DIR"/node-*/data/meta.properties 2>/dev/null | sed -n 's/^cluster\.id=//p' | head -n 1)
+		[[ -n $meta ]] || meta=$(kafka_tool kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka-cluster-probe.out")
+		[[ -n $meta ]] || fail_with_logs "kafka-cluster: no cluster id" "$LOGS/kafka-cluster-probe.out"
+		echo "$meta" >"$file"
+	fi
+	cat "$file"
+}
+
+# cluster_format NODE...: format the storage of each of these nodes that has none, in parallel,
+# all with one cluster id; later starts reuse it (topics and offsets survive restarts).
+cluster_format() {
+	local node dir cluster_id pids=() failed=0 pid
+	for node in "$@"; do
+		dir=$(cluster_dir "$node")
+		[[ -f $dir/data/meta.properties ]] && continue
+		cluster_id=$(cluster_id)
+		say "kafka-cluster: formatting the storage of node $node (cluster id $cluster_id)"
+		kafka_tool kafka.tools.StorageTool format --config "$dir/server.properties" \
+			--cluster-id "$cluster_id" >>"$(cluster_logs "$node")/kafka.out" 2>&1 &
+		pids+=($!)
+	done
+	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+	((failed == 0)) || cluster_fail "kafka-cluster: could not format the storage in $CLUSTER_DIR"
+}
+
+# cluster_launch NODE: start the node's JVM in the background (as kafka_start does the single
+# node's) and wait for its pid file.
+cluster_launch() {
+	local node=$1 dir pidfile
+	dir=$(cluster_dir "$node")
+	pidfile="$dir/kafka.pid"
+	rm -f "$pidfile"
+	# shellcheck disable=SC2016
+	setsid bash -c 'echo $$ >"$0" && exec "$@"' "$pidfile" \
+		java "${CLUSTER_JVM[@]}" \
+		-Dlog4j.configuration="file:$CONF/kafka/log4j.properties" \
+		-Dkafka.logs.dir="$(cluster_logs "$node")" \
+		-cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" \
+		</dev/null >>"$(cluster_logs "$node")/kafka.out" 2>&1 9>&- &
+	wait_until 10 test -s "$pidfile" || die "kafka-cluster: node $node did not write its pid file"
+}
+
+# cluster_taken NODE...: the listener ports of these nodes that something already serves.
+cluster_taken() {
+	local node port
+	for node in "$@"; do
+		for port in $(cluster_port "$node") $(cluster_controller_port "$node"); do
+			tcp_open 127.0.0.1 "$port" && echo "$port"
+		done
+	done
+	return 0
+}
+
+kafka_cluster_start() {
+	if [[ -n ${IOTDATA_KAFKA_CLUSTER_BOOTSTRAP:-} ]]; then
+		check_external kafka-cluster "$CLUSTER_BOOTSTRAP" 9092 IOTDATA_KAFKA_CLUSTER_BOOTSTRAP
+		return
+	fi
+	local node missing=() taken
+	for node in "${CLUSTER_NODES[@]}"; do
+		cluster_pid "$node" >/dev/null || missing+=("$node")
+	done
+	if ((${#missing[@]} == 0)); then
+		say "kafka-cluster: already running on $CLUSTER_BOOTSTRAP"
+		return
+	fi
+	command -v java >/dev/null || die "kafka-cluster: java (17) is needed to run Kafka"
+	kafka_fetch
+	mkdir -p "$CLUSTER_DIR"
+	printf 'request.timeout.ms=5000\ndefault.api.timeout.ms=5000\n' >"$CLUSTER_DIR/probe.properties"
+
+	taken=$(cluster_taken "${missing[@]}")
+	if [[ -n $taken ]]; then
+		# Another checkout's cluster (none of its nodes is ours): use it once it is whole (a fault
+		# test there may be restarting a node).
+		if ((${#missing[@]} < ${#CLUSTER_NODES[@]})) || ! wait_until 60 cluster_ready; then
+			die "kafka-cluster: 127.0.0.1 port(s) ${taken//$'\n'/ } are taken by something that is not a ready three-node Kafka cluster"
+		fi
+		foreign kafka-cluster "$CLUSTER_BOOTSTRAP"
+		return
+	fi
+
+	local started=$EPOCHREALTIME
+	for node in "${missing[@]}"; do cluster_render "$node"; done
+	cluster_format "${missing[@]}"
+	say "kafka-cluster: starting node(s) ${missing[*]} of Apache Kafka $KAFKA_VERSION on $CLUSTER_BOOTSTRAP"
+	for node in "${missing[@]}"; do cluster_launch "$node"; done
+	cluster_wait
+	say "kafka-cluster: ${#CLUSTER_NODES[@]} brokers ready in $(elapsed "$started") s"
+}
+
+kafka_cluster_stop() {
+	[[ -n ${IOTDATA_KAFKA_CLUSTER_BOOTSTRAP:-} ]] && {
+		say "kafka-cluster: external ($CLUSTER_BOOTSTRAP), left alone"
+		return
+	}
+	# All at once: a node stopped after the others would wait for a controller quorum in vain.
+	local node pids=() failed=0 pid
+	for node in "${CLUSTER_NODES[@]}"; do
+		stop_pid "kafka-cluster node $node" "$(cluster_dir "$node")/kafka.pid" \
+			"$(cluster_dir "$node")/server.properties" 30 &
+		pids+=($!)
+	done
+	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+	((failed == 0)) || die "kafka-cluster: a node did not stop"
+}
+
+kafka_cluster_status() {
+	local node state port
+	if [[ -n ${IOTDATA_KAFKA_CLUSTER_BOOTSTRAP:-} ]]; then
+		state=down
+		reachable "$CLUSTER_BOOTSTRAP" 9092 && state=up
+		status_line kafka-cluster "$CLUSTER_BOOTSTRAP" $state "(external)"
+		return
+	fi
+	for node in "${CLUSTER_NODES[@]}"; do
+		port=$(cluster_port "$node")
+		state=down
+		tcp_open 127.0.0.1 "$port" && state=up
+		status_line kafka-cluster "127.0.0.1:$port (node $node of 3, Kafka $KAFKA_VERSION)" $state \
+			"$(cluster_logs "$node")/kafka.log"
+	done
+}
+
+# ---------------------------------------------------------------------------------------------
 # PostgreSQL (the Debian cluster "15 main", managed with postgresql-common's tools)
 
 # pg_cluster_field N: column N of `pg_lsclusters` for our cluster (4 = status, 7 = log file).
@@ -508,16 +731,16 @@ pg_status() {
 # ---------------------------------------------------------------------------------------------
 # Commands
 
-ALL=(mqtt kafka postgres)
+ALL=(mqtt kafka kafka-cluster postgres)
 ANY_DOWN=0
 
 status_line() {
-	printf '%-9s %-62s %-5s %s\n' "$1" "$2" "$3" "$4"
+	printf '%-13s %-58s %-5s %s\n' "$1" "$2" "$3" "$4"
 	[[ $3 == up ]] || ANY_DOWN=1
 }
 
 usage() {
-	sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 	exit 2
 }
 
@@ -531,19 +754,21 @@ service_names() {
 		case $name in
 		mqtt | mosquitto) NAMES+=(mqtt) ;;
 		kafka) NAMES+=(kafka) ;;
+		kafka-cluster | cluster) NAMES+=(kafka_cluster) ;;
 		postgres | postgresql | pg) NAMES+=(pg) ;;
-		*) die "unknown service '$name' (expected mqtt, kafka or postgres)" ;;
+		*) die "unknown service '$name' (expected mqtt, kafka, kafka-cluster or postgres)" ;;
 		esac
 	done
 }
 
 # start_all NAME...: start each service; one failure does not keep the others from starting.
 start_all() {
-	local name failed=()
+	local name failed=() shown
 	for name in "$@"; do
 		("${name}_start") || failed+=("$name")
 	done
-	((${#failed[@]} == 0)) || die "failed to start: ${failed[*]/pg/postgres} (logs in $LOGS)"
+	shown=${failed[*]/pg/postgres}
+	((${#failed[@]} == 0)) || die "failed to start: ${shown//_/-} (logs in $LOGS)"
 }
 
 stop_all() {
@@ -572,6 +797,7 @@ main() {
 	status)
 		mqtt_status
 		kafka_status
+		kafka_cluster_status
 		pg_status
 		exit $((ANY_DOWN ? 3 : 0))
 		;;

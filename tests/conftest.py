@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -16,9 +17,11 @@ import pytest
 
 from iotdata.mqtt import TlsSettings
 from tests._brokers import PrivateBroker
+from tests._kafka_cluster import DEFAULT_CLUSTER_BOOTSTRAP, ClusterError, KafkaCluster
 
 # ---------------------------------------------------------------------------------------------
-# Real services: Mosquitto, Apache Kafka, PostgreSQL (started by scripts/services.sh)
+# Real services: Mosquitto, Apache Kafka (one node, and a three-node cluster), PostgreSQL
+# (started by scripts/services.sh)
 #
 # Each fixture returns where its service runs (the IOTDATA_* variable, or the address
 # scripts/services.sh uses by default) after checking once per session that it answers. When it
@@ -118,6 +121,45 @@ def secured_kafka(kafka_bootstrap: str) -> SecuredKafka:
     for address in (secured.sasl, secured.mutual):
         require_tcp("Kafka (TLS listener)", address, "127.0.0.1", int(address.rsplit(":")[1]))
     return secured
+
+
+def host_port(server: str, default_port: int = 9092) -> tuple[str, int]:
+    """``(host, port)`` of one ``host[:port]`` bootstrap server."""
+    host, colon, port = server.strip().rpartition(":")
+    if not colon or "]" in port:  # a host alone, or an IPv6 address alone
+        return server.strip().strip("[]") or "127.0.0.1", default_port
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> KafkaCluster:
+    """The three-node Kafka cluster of scripts/services.sh (replication factor 3,
+    min.insync.replicas 2; env IOTDATA_KAFKA_CLUSTER_BOOTSTRAP names another), once it is
+    healthy: every broker registered, every partition with its full ISR."""
+    bootstrap = os.environ.get("IOTDATA_KAFKA_CLUSTER_BOOTSTRAP") or DEFAULT_CLUSTER_BOOTSTRAP
+    for server in bootstrap.split(","):
+        require_tcp("The Kafka cluster", bootstrap, *host_port(server))
+    try:
+        cluster = asyncio.run(KafkaCluster.discover(bootstrap))
+        asyncio.run(cluster.wait_healthy(60))
+    except ClusterError as exc:
+        unavailable(f"the Kafka cluster at {bootstrap} is not healthy: {exc}; {START_HINT}")
+    return cluster
+
+
+@pytest.fixture
+def kafka_cluster_faults(kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
+    """``kafka_cluster`` for a test that kills and restarts its nodes: every node runs and every
+    partition has its full ISR again when the test ends, whatever happened in it."""
+    if not kafka_cluster.controllable:
+        unavailable(
+            f"the nodes of the Kafka cluster at {kafka_cluster.bootstrap} do not run here from "
+            "scripts/services.sh, so a test cannot kill and restart them"
+        )
+    try:
+        yield kafka_cluster
+    finally:
+        kafka_cluster.restore()
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,8 @@ _COMPRESSIONS = (None, "zstd", "lz4", "gzip")
 _RECORD_OVERHEAD = 64  # bytes Kafka adds around a record, for the buffer accounting
 #: Errors that a new producer id cures (besides every retriable one).
 _RENEWABLE = frozenset({"OutOfOrderSequenceNumber", "UnknownProducerIdError"})
+#: Seconds ``close`` gives aiokafka to stop once our own flush is over (see _stop_within).
+_STOP_GRACE = 5.0
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -181,6 +183,8 @@ class PartitionedProducer:
     _partitions: dict[str, int] = attrs.Factory(dict)
     _room: asyncio.Event = attrs.Factory(asyncio.Event)
     _renewing: asyncio.Lock = attrs.Factory(asyncio.Lock)
+    #: The tasks stopping aiokafka producers a renewal replaced, and those producers.
+    _retired: dict[asyncio.Task[None], Any] = attrs.Factory(dict)
     _buffered: int = 0
     _failure: BaseException | None = None
     _closed: bool = False
@@ -292,7 +296,9 @@ class PartitionedProducer:
     async def close(self, timeout: float | None = 30.0) -> None:
         """Deliver what was accepted (up to ``timeout`` seconds), then disconnect.
 
-        Records still unacknowledged after that fail with :class:`ClosedError`. Safe to call
+        Records still unacknowledged after that fail with :class:`ClosedError`. Disconnecting
+        takes a few seconds at most, also when Kafka is unreachable (the batches aiokafka still
+        holds are given up: Kafka may have some of them and write them later). Safe to call
         twice, and from a cancelled task.
         """
         if self._closed:
@@ -307,8 +313,11 @@ class PartitionedProducer:
                 if lane.task is not None:
                     lane.task.cancel()
             self._fail_all(ClosedError("the producer was closed before Kafka acknowledged"))
-            with contextlib.suppress(Exception):
-                await self._kafka.stop()
+            for retired in self._retired.values():
+                _give_up(retired)
+            await _stop_within(self._kafka, _STOP_GRACE)
+            if self._retired:
+                await asyncio.wait(list(self._retired), timeout=_STOP_GRACE)
 
     async def __aenter__(self) -> PartitionedProducer:
         return self
@@ -420,6 +429,7 @@ class PartitionedProducer:
             kafka, acked = self._kafka, None
             try:
                 acked = await kafka.send_batch(builder, lane.topic, partition=lane.partition)
+                acked.add_done_callback(_retrieve)  # nobody may wait for it any more
                 self._counts["batches"] += 1
                 metadata = await asyncio.wait_for(asyncio.shield(acked), remaining)
             except (TimeoutError, asyncio.TimeoutError, KafkaTimeoutError):
@@ -468,7 +478,12 @@ class PartitionedProducer:
                     await asyncio.sleep(1.0)
             self._kafka = fresh
             self._counts["renewals"] += 1
-            asyncio.get_running_loop().create_task(_stop_quietly(broken))
+            # The old one may still deliver batches other lanes wait for: let it, up to their
+            # deadline (which always comes first), then give up what it holds.
+            stop = _stop_within(broken, self.settings.delivery_timeout)
+            task = asyncio.get_running_loop().create_task(stop)
+            self._retired[task] = broken
+            task.add_done_callback(lambda done: self._retired.pop(done, None))
 
     def _rebuild(self, batch: _Open) -> Any:
         """A fresh aiokafka batch with the same records (a failed one cannot be sent again)."""
@@ -530,6 +545,37 @@ class PartitionedProducer:
                 self._settle(lane.sealed.popleft(), error)
 
 
-async def _stop_quietly(kafka: Any) -> None:
-    with contextlib.suppress(Exception):
-        await kafka.stop()
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _give_up(kafka: Any) -> None:
+    """Fail every batch the aiokafka producer ``kafka`` still holds, so that its ``stop``
+    returns (our own futures of those records are settled already)."""
+    from aiokafka.errors import ProducerClosed  # noqa: PLC0415
+
+    accumulator = getattr(kafka, "_message_accumulator", None)  # aiokafka has no public way
+    if accumulator is not None:
+        accumulator.fail_all(ProducerClosed())
+
+
+async def _stop_within(kafka: Any, grace: float) -> None:
+    """Stop the aiokafka producer ``kafka`` within about ``grace`` seconds, whatever happens.
+
+    Its ``stop`` waits until every batch it holds is delivered, which is for ever while Kafka
+    is unreachable (it never expires a batch of an idempotent producer): after ``grace`` the
+    batches are given up. Errors of the stop are ignored; a cancellation is not.
+    """
+    stopping = asyncio.ensure_future(kafka.stop())
+    try:
+        done, _ = await asyncio.wait({stopping}, timeout=grace)
+        if not done:
+            log.warning("Kafka did not take the producer's last batches within %s s", grace)
+            _give_up(kafka)
+            await asyncio.wait({stopping}, timeout=_STOP_GRACE)
+    finally:
+        if not stopping.done():
+            stopping.cancel()
+        elif not stopping.cancelled():
+            stopping.exception()  # retrieved: a failed stop is not an error of ours
