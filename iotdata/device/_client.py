@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from iotdata import codec
+from iotdata.device._control import CommandHandler, ConfigHandler, Control, Reply
 from iotdata.device._operators import EdgeOperator, EdgeReading
 from iotdata.device._queue import Lease, QueueConfig, QueueStats, ReadingQueue
 from iotdata.errors import (
@@ -71,8 +72,6 @@ __all__ = ["DeviceClient", "DeviceStats"]
 log = logging.getLogger("iotdata.device")
 
 _T = TypeVar("_T")
-CommandHandler = Callable[[Any], Any]
-ConfigHandler = Callable[[Mapping[str, Any], int], None]
 
 
 @attrs.frozen
@@ -185,10 +184,7 @@ class DeviceClient:
     _flushing: int = attrs.field(default=0, init=False)
     _sender: threading.Thread | None = attrs.field(default=None, init=False)
     _started: threading.Event = attrs.field(factory=threading.Event, init=False)
-    _commands: dict[str, CommandHandler] = attrs.field(factory=dict, init=False)
-    _config_handler: ConfigHandler | None = attrs.field(default=None, init=False)
-    _config_version: int | None = attrs.field(default=None, init=False)
-    _config_pending: tuple[Any, int] | None = attrs.field(default=None, init=False)
+    _control: Control = attrs.field(init=False)
     #: Refusals in a row (reset by a delivery), what the resend backoff grows with.
     _refusals: int = attrs.field(default=0, init=False)
     _refused: int = attrs.field(default=0, init=False)
@@ -219,6 +215,7 @@ class DeviceClient:
             raise InvalidInputError(f"topics must be a Topics, got {self.topics!r}")
         self._encoder = codec.Encoder(dictionary=self.dictionary)
         self._wake = threading.Condition(self._lock)
+        self._control = Control(self.device_id, self.topics)
         self._worst_frame = _worst_frame(self.device_id)
 
     # ------------------------------------------------------------------ life cycle
@@ -674,7 +671,7 @@ class DeviceClient:
         self.topics.command(self.device_id, name)  # validates the name
 
         def register(handler: CommandHandler) -> CommandHandler:
-            self._commands[name] = handler
+            self._control.command(name, handler)
             return handler
 
         return register
@@ -686,62 +683,23 @@ class DeviceClient:
         offline during a change still applies it. After the handler returns, the applied
         version is published (retained) to ``.../config/reported``.
         """
-        self._config_handler = handler
-        pending, self._config_pending = self._config_pending, None
-        if pending is not None:  # it arrived before the handler did
-            self._apply_config(*pending)
+        self._reply(self._control.on_config(handler))
         return handler
 
     def _on_command(self, message: paho.MQTTMessage) -> None:
-        parsed = self.topics.parse(message.topic)
-        if parsed is None or parsed[1] != "command" or parsed[2] is None:
-            return
-        name = parsed[2]
-        request: Any = None
-        try:
-            request = json.loads(message.payload)
-            handler = self._commands.get(name)
-            if handler is None:
-                raise LookupError(f"unknown command {name!r}")
-            reply = {"id": request.get("id"), "ok": True, "result": handler(request.get("args"))}
-        except Exception as exc:
-            log.warning("command %s failed: %s", name, exc)
-            ident = request.get("id") if isinstance(request, dict) else None
-            reply = {"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        self._reply(self.topics.command_result(self.device_id, name), reply, retain=False)
+        self._reply(self._control.command_message(message.topic, message.payload))
 
     def _on_config(self, message: paho.MQTTMessage) -> None:
-        try:
-            document = json.loads(message.payload)
-            version, config = int(document["version"]), document["config"]
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring a malformed desired configuration: %s", exc)
-            return
-        if self._config_handler is None:
-            self._config_pending = (config, version)
-            return
-        self._apply_config(config, version)
+        self._reply(self._control.config_message(message.payload))
 
-    def _apply_config(self, config: Any, version: int) -> None:
-        if version == self._config_version or self._config_handler is None:
+    def _reply(self, reply: Reply | None) -> None:
+        if reply is None:
             return
-        try:
-            self._config_handler(config, version)
-        except Exception as exc:
-            log.warning("configuration version %s not applied: %s", version, exc)
-            report = {"version": self._config_version, "rejected": version, "error": str(exc)}
-        else:
-            self._config_version = version
-            report = {"version": version, "config": config}
-        self._reply(self.topics.config_reported(self.device_id), report, retain=True)
-
-    def _reply(self, topic: str, document: Mapping[str, Any], *, retain: bool) -> None:
         connection = self._live_connection()
         try:
-            payload = json.dumps(document, default=str).encode()
-            connection.publish(topic, payload, qos=1, retain=retain)
+            connection.publish(reply.topic, reply.payload(), qos=1, retain=reply.retain)
         except (ConnectionLostError, ClosedError):
-            log.warning("reply to %s lost with the connection", topic)
+            log.warning("reply to %s lost with the connection", reply.topic)
 
 
 def _link(mqtt: object) -> MqttSettings | LocalBroker:
