@@ -191,9 +191,10 @@ class DeviceClient:
     _last_refusal: str | None = attrs.field(default=None, init=False)
     #: No new lease goes out before this (time.monotonic()), after a refusal.
     _hold_until: float = attrs.field(default=0.0, init=False)
-    _quarantined: int = attrs.field(default=0, init=False)
     #: Payload room a single reading may need at most; a smaller limit checks each reading.
     _worst_frame: int = attrs.field(default=0, init=False)
+    #: What a telemetry message takes besides its frame: the topic, and headers.
+    _topic_room: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         validate_device_id(self.device_id)
@@ -217,6 +218,7 @@ class DeviceClient:
         self._wake = threading.Condition(self._lock)
         self._control = Control(self.device_id, self.topics)
         self._worst_frame = _worst_frame(self.device_id)
+        self._topic_room = len(self.topics.telemetry(self.device_id).encode()) + 32
 
     # ------------------------------------------------------------------ life cycle
 
@@ -399,7 +401,7 @@ class DeviceClient:
             if connection is not None
             else getattr(self.settings, "max_packet_size", 0)
         )
-        return int(limit) - len(self.topics.telemetry(self.device_id)) - 32
+        return int(limit) - self._topic_room
 
     def _check_fits(self, reading: tuple[str, int, Value]) -> None:
         """Refuse a reading that alone would encode over the packet limit: it could never be
@@ -539,7 +541,7 @@ class DeviceClient:
     def _publish(self, lease: Lease) -> None:
         connection = self._live_connection()
         topic = self.topics.telemetry(self.device_id)
-        room = connection.max_packet_size - len(topic) - 32
+        room = connection.max_packet_size - self._topic_room
         frames: list[bytes] = []
         too_large: list[Batch] = []
         self._frames(lease.batch, room, frames, too_large)
@@ -584,8 +586,6 @@ class DeviceClient:
         [column] = reading.columns
         reason = f"over the broker's packet limit ({room} bytes of payload)"
         self.queue.quarantine(reading, reason)
-        with self._lock:
-            self._quarantined += 1
         log.error(
             "%s: reading seq %s of %r quarantined: %s",
             self.device_id,
