@@ -14,6 +14,7 @@ from typing import Literal, TextIO
 
 import attrs
 
+from iotdata.errors import InvalidInputError
 from iotdata.model import ts_to_datetime
 from iotdata.sinks._errors import SinkFatalError
 from iotdata.sinks._json import dead_letter_json, record_fields
@@ -121,5 +122,5 @@ def _line(document: Mapping[str, object]) -> str:
 def _time(ts: int) -> str:
     try:
         return ts_to_datetime(ts).isoformat().replace("+00:00", "Z")
-    except OverflowError:
+    except InvalidInputError:  # outside the years 1 to 9999
         return f"{ts}us"
