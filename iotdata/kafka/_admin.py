@@ -12,6 +12,15 @@ from typing import Any
 
 import attrs
 
+from iotdata._checks import (
+    check_instance,
+    check_int,
+    check_mapping,
+    check_seconds,
+    check_text,
+    each,
+    optional,
+)
 from iotdata.errors import DeliveryError, InvalidInputError
 from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._security import KafkaSecurity
@@ -39,6 +48,12 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int)
         raise InvalidInputError(f"{attribute.name} must be an int >= 1, got {value!r}")
 
 
+def _topic_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    for key, setting in check_mapping("config", value).items():
+        check_text("a config name", key)
+        check_text(f"config[{key!r}]", setting, empty=True)
+
+
 @attrs.frozen(kw_only=True)
 class TopicSpec:
     """A topic as a pipeline wants it."""
@@ -46,10 +61,10 @@ class TopicSpec:
     name: str = attrs.field(validator=_topic_name)
     partitions: int = attrs.field(default=12, validator=_at_least_one)
     replication: int = attrs.field(default=1, validator=_at_least_one)
-    #: ``retention.ms``; None keeps the broker's default.
-    retention_ms: int | None = None
-    #: Further topic configuration, e.g. ``{"cleanup.policy": "compact"}``.
-    config: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``retention.ms`` (-1: for ever); None keeps the broker's default.
+    retention_ms: int | None = attrs.field(default=None, validator=optional(check_int, minimum=-1))
+    #: Further topic configuration, e.g. ``{"cleanup.policy": "compact"}`` (str to str).
+    config: Mapping[str, str] = attrs.field(factory=dict, validator=_topic_config)
 
     def configs(self) -> dict[str, str]:
         out = dict(self.config)
@@ -75,6 +90,9 @@ async def ensure_topics(
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     check_bootstrap(bootstrap)
+    each("specs", specs, check_instance, kind=TopicSpec)
+    check_seconds("timeout", timeout, zero=False)
+    check_instance("security", security, KafkaSecurity, none=True)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=int(timeout * 1000),
