@@ -85,6 +85,8 @@ class Limits:
 
 
 _DEFAULT_LIMITS = Limits()
+#: Largest zstd dictionary train_dictionary makes (zstd's own are about 100 KB).
+_MAX_DICTIONARY_BYTES = 16 * 1024 * 1024
 #: zstd's compression levels: negative ones are its fast modes.
 _MIN_LEVEL, _MAX_LEVEL = -(2**17), 22
 
@@ -439,7 +441,7 @@ def train_dictionary(
 
     It keeps the most frequent device ids and metric names, the grid the timestamps lie on,
     and, given enough samples (a few hundred frames), a zstd dictionary of ``size`` bytes
-    trained on their bodies; with fewer it goes without. ``dict_id`` names the dictionary in
+    (256 to 16 MiB) trained on their bodies; with fewer it goes without. ``dict_id`` names the dictionary in
     frame headers (1 to 2**32-1); by default it is derived from the content and below 128, so
     that it costs one byte per frame.
 
@@ -449,7 +451,7 @@ def train_dictionary(
     batches = check_iterable("samples", samples)
     if not batches or not all(isinstance(b, Batch) for b in batches):
         raise InvalidInputError("train_dictionary needs at least one Batch")
-    check_int("size", size, minimum=256, maximum=2**31 - 1)
+    check_int("size", size, minimum=256, maximum=_MAX_DICTIONARY_BYTES)
     if dict_id is not None:
         check_int("dict_id", dict_id, minimum=1, maximum=2**32 - 1)
     names = Counter(b.device_id for b in batches)

@@ -58,6 +58,10 @@ MAX_MINUTES = (253_402_300_800 * SECOND - START_TS) // (60 * SECOND)
 FINDS = {"spike": "zscore", "level_shift": "zscore", "stuck": "flatline", "dropout": "missing"}
 
 
+#: Most devices a demo simulates (each is a device client with its queue in this process).
+_MAX_DEVICES = 100_000
+
+
 def _folder(value: object) -> Path:
     return Path(check_path("out", value))
 
@@ -76,7 +80,9 @@ class DemoOptions:
     timestamps) to the whole run, and ``minutes`` at most :data:`MAX_MINUTES`."""
 
     out: Path = attrs.field(default=Path("iotdata-demo"), converter=_folder)
-    devices: int = attrs.field(default=200, validator=_positive)
+    devices: int = attrs.field(
+        default=200, validator=validated(check_int, minimum=1, maximum=_MAX_DEVICES)
+    )
     minutes: int = attrs.field(default=120, validator=_positive)
     #: Seconds between two readings of a device.
     interval: float = attrs.field(default=5.0, validator=_positive)

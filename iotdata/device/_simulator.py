@@ -192,6 +192,10 @@ class _Device:
     seqs: list[int] = attrs.field(factory=list)
 
 
+#: Most devices one simulator runs.
+MAX_DEVICES = 1_000_000
+
+
 def _settings(mqtt: str | MqttSettings) -> MqttSettings:
     if isinstance(mqtt, MqttSettings):
         return mqtt
@@ -235,10 +239,14 @@ class FleetSimulator:
     """
 
     mqtt: MqttSettings = attrs.field(converter=_settings)
-    devices: int = attrs.field(validator=_at_least_one)
+    #: Virtual devices, 1 to 1,000,000 (each keeps its signal and a buffer in memory).
+    devices: int = attrs.field(validator=validated(check_int, minimum=1, maximum=MAX_DEVICES))
     rate: float = attrs.field(validator=_positive)
     topics: Topics = attrs.field(factory=Topics, validator=validated(check_instance, kind=Topics))
-    connections: int = attrs.field(default=4, validator=_at_least_one)
+    #: MQTT connections the devices share, 1 to 10,000.
+    connections: int = attrs.field(
+        default=4, validator=validated(check_int, minimum=1, maximum=10_000)
+    )
     batch_size: int = attrs.field(default=100, validator=_at_least_one)
     linger: float = attrs.field(default=1.0, validator=_positive)
     seed: int = attrs.field(default=0, validator=validated(check_int))

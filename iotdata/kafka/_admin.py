@@ -44,8 +44,11 @@ def _topic_name(instance: object, attribute: attrs.Attribute[str], value: str) -
 
 
 def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value < 1:
-        raise InvalidInputError(f"{attribute.name} must be an int >= 1, got {value!r}")
+    # Kafka's protocol holds partition counts in 32 bits and replication factors in 16
+    check_int(attribute.name, value, minimum=1, maximum=_MAXIMA[attribute.name])
+
+
+_MAXIMA = {"partitions": 2**31 - 1, "replication": 2**15 - 1}
 
 
 def _topic_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

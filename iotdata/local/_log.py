@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from iotdata._checks import check_path
+from iotdata._checks import check_int, check_path
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.kafka import Partitioner, TopicSpec
 from iotdata.local._checks import (
@@ -52,6 +52,8 @@ from iotdata.local._wait import Waiting
 __all__ = ["LocalLog"]
 
 _INT64 = 2**63
+#: Most partitions a topic of the embedded log may have (each is an object in memory).
+MAX_PARTITIONS = 10_000
 T = TypeVar("T")
 
 
@@ -140,10 +142,12 @@ class LocalLog:
         self, name: str, partitions: int, *, retention: Retention | None = None
     ) -> int:
         """Create ``name`` with ``partitions`` partitions, or check that it has that many;
-        return the count. Idempotent like :func:`iotdata.kafka.ensure_topics`: an existing
-        topic with another count is refused (InvalidInputError); a ``retention`` given for an
-        existing topic replaces its retention."""
+        return the count (at most 10,000 here). Idempotent like
+        :func:`iotdata.kafka.ensure_topics`: an existing topic with another count is refused
+        (InvalidInputError); a ``retention`` given for an existing topic replaces its
+        retention."""
         TopicSpec(name=name, partitions=partitions)  # Kafka's rules for names and counts
+        check_int("partitions", partitions, maximum=MAX_PARTITIONS)  # each one is an object here
         if retention is not None:
             check_retention(retention)
         with self._lock:

@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 __all__ = ["KafkaSource", "LocalSource", "MemorySource", "MqttSource"]
 
 
+#: Most partitions a MemorySource spreads its items over (as the embedded log allows).
+_MAX_PARTITIONS = 10_000
+
+
 def check_poll(timeout: object, max_records: object) -> float:
     """A poll's arguments: ``timeout`` in seconds (finite, >= 0), ``max_records`` an int >= 1."""
     check_int("max_records", max_records, minimum=1)
@@ -438,8 +442,7 @@ class MemorySource:
     def __attrs_post_init__(self) -> None:
         from iotdata.kafka import Partitioner  # noqa: PLC0415
 
-        if type(self.partitions) is not int or self.partitions < 1:
-            raise InvalidInputError(f"partitions must be an int >= 1: {self.partitions!r}")
+        check_int("partitions", self.partitions, minimum=1, maximum=_MAX_PARTITIONS)
         check_text("topic", self.topic)
         partitioner = Partitioner()
         counts = [0] * self.partitions
