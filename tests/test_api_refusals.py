@@ -189,6 +189,26 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ("SyntheticSignal index -1", "index", lambda: SyntheticSignal.for_device(-1)),
     ("QuantileSketch.worst_case_error k 0", "k", lambda: QuantileSketch.worst_case_error(10, 0)),
     ("DemoOptions anomaly_rate NaN", "anomaly_rate", lambda: DemoOptions(anomaly_rate=math.nan)),
+    # counts that would allocate without bound
+    (
+        "LocalLog.create_topic partitions 2**64",
+        "partitions",
+        lambda: LocalLog().create_topic("t", 2**64),
+    ),
+    ("MemorySource partitions 2**64", "partitions", lambda: MemorySource([], partitions=2**64)),
+    ("TopicSpec partitions 2**31", "partitions", lambda: TopicSpec(name="t", partitions=2**31)),
+    (
+        "FleetSimulator devices 2**64",
+        "devices",
+        lambda: FleetSimulator(mqtt="mqtt://h", devices=2**64, rate=1.0),
+    ),
+    (
+        "FleetSimulator connections 2**64",
+        "connections",
+        lambda: FleetSimulator(mqtt="mqtt://h", devices=1, rate=1.0, connections=2**64),
+    ),
+    ("DemoOptions devices 2**64", "devices", lambda: DemoOptions(devices=2**64)),
+    ("train_dictionary size 2**31", "size", lambda: codec.train_dictionary([BATCH], size=2**31)),
     # limits that contradict each other, or can never be met
     ("Threshold below equal to above", "below", lambda: Threshold(above=3.0, below=3.0)),
     ("Flatline negative epsilon", "epsilon", lambda: Flatline(count=3, epsilon=-1.0)),
