@@ -441,9 +441,9 @@ def train_dictionary(
 
     It keeps the most frequent device ids and metric names, the grid the timestamps lie on,
     and, given enough samples (a few hundred frames), a zstd dictionary of ``size`` bytes
-    (256 to 16 MiB) trained on their bodies; with fewer it goes without. ``dict_id`` names the dictionary in
-    frame headers (1 to 2**32-1); by default it is derived from the content and below 128, so
-    that it costs one byte per frame.
+    (256 to 16 MiB) trained on their bodies; with fewer it goes without. ``dict_id`` names the
+    dictionary in frame headers (1 to 2**32-1); by default it is derived from the content and
+    below 128, so that it costs one byte per frame.
 
     Raises:
         InvalidInputError: no batches, or ``size`` or ``dict_id`` out of range.
