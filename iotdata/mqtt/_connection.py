@@ -423,9 +423,11 @@ class MqttConnection:
             if asked is None:
                 self._early_subacks[mid] = codes
                 return
+        # judged before waking wait_subscribed, which would otherwise miss a refusal
+        self._judge_suback(*asked, codes)
+        with self._lock:
             if not self._subscribing:
                 self._subscribed.set()
-        self._judge_suback(*asked, codes)
 
     def _judge_suback(self, topic_filter: str, qos: int, codes: list[int]) -> None:
         """Record a refused (or downgraded) subscription: :meth:`wait_subscribed` raises it."""
