@@ -25,7 +25,7 @@ from iotdata._cliargs import (
     positive_int,
     seconds,
 )
-from iotdata.errors import DecodeError
+from iotdata.errors import DecodeError, InvalidInputError
 from iotdata.kafka._security import KafkaSecurity
 from iotdata.model import ts_to_datetime
 
@@ -160,15 +160,13 @@ def _time(ts: int) -> str:
     """ISO 8601 UTC, to the microsecond; outside the years 1 to 9999, the integer itself."""
     try:
         moment = ts_to_datetime(ts)
-    except OverflowError:
+    except InvalidInputError:  # outside the years 1 to 9999
         return f"{ts}us"
     return moment.isoformat().replace("+00:00", "Z")
 
 
 def _files(paths: list[Path], limit: int) -> Iterator[Frame]:
     """Each file's bytes, reading no more than a frame of ``limit`` bytes can hold."""
-    from iotdata.errors import InvalidInputError  # noqa: PLC0415
-
     for path in paths:
         if str(path) == "-":
             yield "stdin", _read_frame(sys.stdin.buffer, limit)

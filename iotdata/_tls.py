@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from iotdata._checks import check_path, check_text, optional
 from iotdata.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -16,8 +17,8 @@ __all__ = ["TlsSettings"]
 
 
 def _optional_file(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not os.path.isfile(value):
-        raise InvalidInputError(f"{attribute.name}: no such file {value!r}")
+    if value is not None and not os.path.isfile(check_path(attribute.name, value)):
+        raise InvalidInputError(f"{attribute.name}: no such file {value!r:.60}")
 
 
 @attrs.frozen(kw_only=True)
@@ -32,7 +33,9 @@ class TlsSettings:
     ca_file: str | None = attrs.field(default=None, validator=_optional_file)
     cert_file: str | None = attrs.field(default=None, validator=_optional_file)
     key_file: str | None = attrs.field(default=None, validator=_optional_file)
-    key_password: str | None = attrs.field(default=None, repr=False)
+    key_password: str | None = attrs.field(
+        default=None, repr=False, validator=optional(check_text, empty=True)
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):

@@ -4,6 +4,11 @@ Every error the library raises on purpose derives from :class:`IotDataError`. Su
 what went wrong and whose fault it is; ``retriable`` tells a caller whether the same call may
 succeed later without any change on its side. Third-party exceptions are translated into these
 at one boundary per layer, with the original kept as ``__cause__``.
+
+Every public entry point checks its arguments when it receives them: a wrong type, or a value
+that makes no sense (a NaN or negative duration, a count that is not a whole number in range,
+an empty path, a port outside 1..65535, limits that contradict each other), raises
+:class:`InvalidInputError` naming the parameter, before anything is opened or sent.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ __all__ = [
     "InvalidInputError",
     "IotDataError",
     "NoSubscribersError",
+    "NotFoundError",
     "PublishRefusedError",
     "QueueClosedError",
     "QueueFullError",
     "QueueStorageError",
     "SubscribeRefusedError",
+    "WaitTimeoutError",
 ]
 
 
@@ -41,6 +48,15 @@ class InvalidInputError(IotDataError, ValueError):
 
     The fault is the caller's; repeating the call unchanged fails again.
     """
+
+
+class NotFoundError(InvalidInputError, KeyError):
+    """What was asked for by name is not there (a metric a batch has no column of).
+
+    Also a ``KeyError``, so code that looked the name up in a mapping keeps working.
+    """
+
+    __str__ = BaseException.__str__  # the message as it is (KeyError would quote it)
 
 
 class EncodeError(InvalidInputError):
@@ -70,6 +86,13 @@ class AuthenticationError(ConnectError):
     """A server refused our credentials or certificate: retrying unchanged will not help."""
 
     retriable = False
+
+
+class WaitTimeoutError(IotDataError, TimeoutError):
+    """A wait with a timeout ended before what it waited for happened (a flush, an
+    acknowledgement). Retriable; also a builtin ``TimeoutError``."""
+
+    retriable = True
 
 
 class ConnectionLostError(IotDataError):

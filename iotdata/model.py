@@ -26,7 +26,7 @@ from typing import Union
 
 import attrs
 
-from iotdata.errors import InvalidInputError
+from iotdata.errors import InvalidInputError, NotFoundError
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -82,7 +82,13 @@ def _check_name(what: str, name: object) -> str:
 
 
 def ts_from_datetime(moment: _dt.datetime) -> int:
-    """Microseconds since the epoch for an aware datetime (naive datetimes are taken as UTC)."""
+    """Microseconds since the epoch for an aware datetime (naive datetimes are taken as UTC).
+
+    Raises:
+        InvalidInputError: ``moment`` is not a ``datetime.datetime``.
+    """
+    if not isinstance(moment, _dt.datetime):
+        raise InvalidInputError(f"moment must be a datetime.datetime, not {type(moment).__name__}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_dt.timezone.utc)
     delta = moment - _EPOCH
@@ -90,8 +96,17 @@ def ts_from_datetime(moment: _dt.datetime) -> int:
 
 
 def ts_to_datetime(ts: int) -> _dt.datetime:
-    """The aware UTC datetime for a timestamp in microseconds since the epoch."""
-    return _EPOCH + _dt.timedelta(microseconds=ts)
+    """The aware UTC datetime for a timestamp in microseconds since the epoch.
+
+    Raises:
+        InvalidInputError: ``ts`` is not an int, or outside the years 1 to 9999 a datetime holds.
+    """
+    if type(ts) is not int:
+        raise InvalidInputError(f"ts must be an int (microseconds), not {type(ts).__name__}")
+    try:
+        return _EPOCH + _dt.timedelta(microseconds=ts)
+    except OverflowError:
+        raise InvalidInputError(f"ts {ts} lies outside the years a datetime holds") from None
 
 
 @attrs.frozen
@@ -130,7 +145,13 @@ def _check_ints(what: str, values: Sequence[int], low: int, high: int) -> None:
 
 
 def _tupled(values: Iterable[object]) -> tuple[object, ...]:
-    return values if type(values) is tuple else tuple(values)
+    if type(values) is tuple:
+        return values
+    if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Iterable):
+        raise InvalidInputError(
+            f"a column takes sequences of ts, values and seq, not {values!r:.60}"
+        )
+    return tuple(values)
 
 
 def _exact(values: tuple[Value, ...]) -> tuple[object, ...]:
@@ -215,6 +236,10 @@ def _check_utf8(metric: str, text: str) -> None:
 
 
 def _columns(columns: Iterable[Column]) -> tuple[Column, ...]:
+    if type(columns) is tuple:
+        return columns
+    if isinstance(columns, (str, bytes, bytearray, Mapping)) or not isinstance(columns, Iterable):
+        raise InvalidInputError(f"batch columns must be a sequence of Column, not {columns!r:.60}")
     return tuple(columns)
 
 
@@ -231,11 +256,11 @@ class Batch:
 
     def __attrs_post_init__(self) -> None:
         validate_device_id(self.device_id)
+        if not all(type(c) is Column for c in self.columns):
+            raise InvalidInputError("batch columns must be Column objects")
         metrics = [c.metric for c in self.columns]
         if len(set(metrics)) != len(metrics):
             raise InvalidInputError(f"batch for {self.device_id!r} repeats a metric: {metrics}")
-        if not all(type(c) is Column for c in self.columns):
-            raise InvalidInputError("batch columns must be Column objects")
 
     @classmethod
     def from_columns(
@@ -243,15 +268,41 @@ class Batch:
         device_id: str,
         columns: Mapping[str, tuple[Sequence[int], Sequence[Value], Sequence[int]]],
     ) -> Batch:
-        """Build a batch from ``{metric: (ts, values, seq)}``."""
-        return cls(device_id, [Column(m, ts, v, s) for m, (ts, v, s) in columns.items()])
+        """Build a batch from ``{metric: (ts, values, seq)}``.
+
+        Raises:
+            InvalidInputError: ``columns`` is no such mapping, or a column is invalid.
+        """
+        if not isinstance(columns, Mapping):
+            raise InvalidInputError(
+                f"columns must map metric names to (ts, values, seq): {columns!r:.60}"
+            )
+        built = []
+        for metric, parts in columns.items():
+            if not isinstance(parts, (tuple, list)) or len(parts) != 3:
+                raise InvalidInputError(
+                    f"column {metric!r:.60} must be (ts, values, seq): {parts!r:.60}"
+                )
+            built.append(Column(metric, *parts))
+        return cls(device_id, built)
 
     @classmethod
     def from_readings(cls, readings: Iterable[Reading]) -> Batch:
-        """Group readings of one device into columns, keeping their order within each metric."""
+        """Group readings of one device into columns, keeping their order within each metric.
+
+        Raises:
+            InvalidInputError: ``readings`` is not an iterable of :class:`Reading`, is empty,
+                holds several devices, or a reading is invalid.
+        """
+        if isinstance(readings, (str, bytes, bytearray, Mapping)) or not isinstance(
+            readings, Iterable
+        ):
+            raise InvalidInputError(f"readings must be an iterable of Reading: {readings!r:.60}")
         device_id: str | None = None
         grouped: dict[str, tuple[list[int], list[Value], list[int]]] = {}
         for reading in readings:
+            if type(reading) is not Reading:
+                raise InvalidInputError(f"expected a Reading, got {type(reading).__name__}")
             if device_id is None:
                 device_id = reading.device_id
             elif reading.device_id != device_id:
@@ -284,8 +335,9 @@ class Batch:
                 yield Reading(device_id, metric, ts, value, seq)
 
     def column(self, metric: str) -> Column:
-        """The column of ``metric``; raises ``KeyError`` when the batch has none."""
+        """The column of ``metric``; raises :class:`~iotdata.errors.NotFoundError` (a
+        ``KeyError``) when the batch has none."""
         for column in self.columns:
             if column.metric == metric:
                 return column
-        raise KeyError(metric)
+        raise NotFoundError(f"batch of {self.device_id!r} has no metric {metric!r:.60}")

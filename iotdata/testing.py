@@ -26,6 +26,7 @@ from typing import Any, TypeVar, Union
 
 import attrs
 
+from iotdata._checks import check_bool, check_callable, check_int, check_iterable, check_text
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.model import Batch, Reading, Value, ts_from_datetime
 from iotdata.sinks import (
@@ -91,9 +92,18 @@ async def check_sink(
     (keyed on their ``identity``, whatever the refused record holds: NaN, NUL characters, a
     time no column can hold); one whose it is not must refuse them as bad rows.
 
-    Raises :class:`SinkCheckError` (an ``AssertionError``) on the first breach found.
+    Raises :class:`SinkCheckError` (an ``AssertionError``) on the first breach found, and
+    :class:`~iotdata.InvalidInputError` at once for arguments of the wrong kind.
     """
-    check = _Check(open_writer, read_back, frozenset(kinds), exactly_once, topic, partition)
+    check_callable("open_writer", open_writer)
+    check_callable("read_back", read_back, none=True)
+    chosen = check_iterable("kinds", kinds)
+    if not chosen or not all(type(k) is str and k in ALL_KINDS for k in chosen):
+        raise InvalidInputError(f"kinds must be some of {sorted(ALL_KINDS)}, not {kinds!r:.60}")
+    check_bool("exactly_once", exactly_once)
+    check_text("topic", topic)
+    check_int("partition", partition, minimum=0)
+    check = _Check(open_writer, read_back, frozenset(chosen), exactly_once, topic, partition)
     await check.run()
 
 

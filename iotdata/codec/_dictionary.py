@@ -18,6 +18,7 @@ import attrs
 import msgpack
 import zstandard
 
+from iotdata._checks import check_iterable
 from iotdata.errors import DecodeError, InvalidInputError
 from iotdata.model import _check_name
 
@@ -40,7 +41,7 @@ _CONVERT = "convert a file you trust once as docs/format.md (Dictionaries) shows
 
 
 def _strings(value: Any) -> tuple[str, ...]:
-    return tuple(value)
+    return tuple(check_iterable("strings", value))
 
 
 @attrs.frozen
@@ -65,6 +66,10 @@ class Dictionary:
     def __attrs_post_init__(self) -> None:
         if type(self.id) is not int or not 0 < self.id <= _MAX_ID:
             raise InvalidInputError(f"dictionary id must be in 1..2**32-1, got {self.id!r}")
+        if type(self.data) is not bytes:
+            raise InvalidInputError(
+                f"data must be bytes (a zstd dictionary or b''): {self.data!r:.60}"
+            )
         if len(self.strings) > MAX_STRINGS:
             raise InvalidInputError(f"a dictionary holds at most {MAX_STRINGS} strings")
         for name in self.strings:
@@ -77,10 +82,15 @@ class Dictionary:
 
     def name_ref(self, name: str) -> str | int:
         """The index of ``name`` if the dictionary holds it, else the name itself."""
-        return self._index.get(name, name)
+        try:
+            return self._index.get(name, name)
+        except TypeError:  # unhashable: no name at all
+            raise InvalidInputError(f"a name must be a str: {name!r:.60}") from None
 
     def ts_ref(self, ts: int) -> int | list[int]:
         """How a lone timestamp is written: its grid index, or ``[TS_OFF_GRID, ts]``."""
+        if type(ts) is not int:
+            raise InvalidInputError(f"ts must be an int (microseconds): {ts!r:.60}")
         if self.ts_step:
             k, rest = divmod(ts - self.ts_base, self.ts_step)
             if not rest and -(2**63) <= k < 2**64:

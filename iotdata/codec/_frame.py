@@ -27,6 +27,7 @@ import attrs
 import msgpack
 import zstandard
 
+from iotdata._checks import check_instance, check_int, check_iterable, each
 from iotdata.codec._dictionary import MAX_STRINGS, Dictionary
 from iotdata.codec._ints import decode_ints, encode_ints
 from iotdata.codec._values import decode_values, encode_values
@@ -84,6 +85,20 @@ class Limits:
 
 
 _DEFAULT_LIMITS = Limits()
+#: Largest zstd dictionary train_dictionary makes (zstd's own are about 100 KB).
+_MAX_DICTIONARY_BYTES = 16 * 1024 * 1024
+#: zstd's compression levels: negative ones are its fast modes.
+_MIN_LEVEL, _MAX_LEVEL = -(2**17), 22
+
+
+def _limits(limits: object) -> Limits:
+    if limits is None:
+        return _DEFAULT_LIMITS
+    return check_instance("limits", limits, Limits)
+
+
+def _dictionaries(dictionaries: object) -> list[Dictionary]:
+    return each("dictionaries", dictionaries, check_instance, kind=Dictionary)
 
 
 def _varint(value: int) -> bytes:
@@ -128,8 +143,9 @@ class Encoder:
     ) -> None:
         if dictionary is not None and not isinstance(dictionary, Dictionary):
             raise InvalidInputError("dictionary must be an iotdata.codec.Dictionary")
+        check_int("level", level, minimum=_MIN_LEVEL, maximum=_MAX_LEVEL)
         self.dictionary = dictionary
-        self.limits = limits or _DEFAULT_LIMITS
+        self.limits = _limits(limits)
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         params = zstandard.ZstdCompressionParameters.from_level(
             level, format=_MAGICLESS, write_checksum=0, write_content_size=1, write_dict_id=0
@@ -216,12 +232,12 @@ class Decoder:
     def __init__(
         self, *, dictionaries: Iterable[Dictionary] = (), limits: Limits | None = None
     ) -> None:
-        self.limits = limits or _DEFAULT_LIMITS
+        self.limits = _limits(limits)
         self._contexts: dict[int | None, zstandard.ZstdDecompressor] = {
             None: zstandard.ZstdDecompressor(format=_MAGICLESS)
         }
         self._dictionaries: dict[int, Dictionary] = {}
-        for dictionary in dictionaries:
+        for dictionary in _dictionaries(dictionaries):
             self.add_dictionary(dictionary)
 
     def add_dictionary(self, dictionary: Dictionary) -> None:
@@ -425,13 +441,19 @@ def train_dictionary(
 
     It keeps the most frequent device ids and metric names, the grid the timestamps lie on,
     and, given enough samples (a few hundred frames), a zstd dictionary of ``size`` bytes
-    trained on their bodies; with fewer it goes without. ``dict_id`` names the dictionary in
-    frame headers (1 to 2**32-1); by default it is derived from the content and below 128, so
-    that it costs one byte per frame.
+    (256 to 16 MiB) trained on their bodies; with fewer it goes without. ``dict_id`` names the
+    dictionary in frame headers (1 to 2**32-1); by default it is derived from the content and
+    below 128, so that it costs one byte per frame.
+
+    Raises:
+        InvalidInputError: no batches, or ``size`` or ``dict_id`` out of range.
     """
-    batches = list(samples)
+    batches = check_iterable("samples", samples)
     if not batches or not all(isinstance(b, Batch) for b in batches):
         raise InvalidInputError("train_dictionary needs at least one Batch")
+    check_int("size", size, minimum=256, maximum=_MAX_DICTIONARY_BYTES)
+    if dict_id is not None:
+        check_int("dict_id", dict_id, minimum=1, maximum=2**32 - 1)
     names = Counter(b.device_id for b in batches)
     names.update(c.metric for b in batches for c in b.columns)
     strings = tuple(name for name, _ in names.most_common(MAX_STRINGS))
@@ -461,6 +483,8 @@ def encode(batch: Batch, *, dictionary: Dictionary | None = None) -> bytes:
     16 dictionaries used)."""
     encoders: OrderedDict[Dictionary | None, Encoder]
     encoders = _local.__dict__.setdefault("encoders", OrderedDict())
+    if dictionary is not None and not isinstance(dictionary, Dictionary):
+        raise InvalidInputError("dictionary must be an iotdata.codec.Dictionary")
     encoder = encoders.get(dictionary)
     if encoder is None:
         if len(encoders) >= _ENCODERS_PER_THREAD:
@@ -477,8 +501,11 @@ def decode(
     dictionaries: Iterable[Dictionary] = (),
     limits: Limits | None = None,
 ) -> Batch:
-    """Decode one frame from untrusted bytes; raises only :class:`DecodeError` for bad input."""
-    dictionaries = tuple(dictionaries)
+    """Decode one frame from untrusted bytes; raises only :class:`DecodeError` for bad input
+    (and :class:`~iotdata.InvalidInputError` for ``dictionaries`` or ``limits`` of the wrong
+    type)."""
+    if type(dictionaries) is not tuple or dictionaries:
+        dictionaries = tuple(_dictionaries(dictionaries))
     if dictionaries or limits is not None:
         return Decoder(dictionaries=dictionaries, limits=limits).decode(data)
     decoder: Decoder | None = getattr(_local, "decoder", None)

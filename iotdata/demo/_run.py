@@ -18,6 +18,16 @@ from typing import Any
 
 import attrs
 
+from iotdata._checks import (
+    check_callable,
+    check_instance,
+    check_int,
+    check_number,
+    check_path,
+    check_text,
+    optional,
+    validated,
+)
 from iotdata.demo._stores import PG_PREFIX, StoredData, read_back
 from iotdata.device import Anomaly, DeviceClient, QueueConfig, SyntheticSignal
 from iotdata.errors import ConnectError, InvalidInputError
@@ -48,6 +58,14 @@ MAX_MINUTES = (253_402_300_800 * SECOND - START_TS) // (60 * SECOND)
 FINDS = {"spike": "zscore", "level_shift": "zscore", "stuck": "flatline", "dropout": "missing"}
 
 
+#: Most devices a demo simulates (each is a device client with its queue in this process).
+_MAX_DEVICES = 100_000
+
+
+def _folder(value: object) -> Path:
+    return Path(check_path("out", value))
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidInputError(f"{attribute.name} must be a positive number, got {value!r}")
@@ -61,19 +79,23 @@ class DemoOptions:
     replaces SQLite as the warm store. ``interval`` is from one microsecond (the unit of
     timestamps) to the whole run, and ``minutes`` at most :data:`MAX_MINUTES`."""
 
-    out: Path = attrs.field(default=Path("iotdata-demo"), converter=Path)
-    devices: int = attrs.field(default=200, validator=_positive)
+    out: Path = attrs.field(default=Path("iotdata-demo"), converter=_folder)
+    devices: int = attrs.field(
+        default=200, validator=validated(check_int, minimum=1, maximum=_MAX_DEVICES)
+    )
     minutes: int = attrs.field(default=120, validator=_positive)
     #: Seconds between two readings of a device.
     interval: float = attrs.field(default=5.0, validator=_positive)
-    seed: int = 1
+    seed: int = attrs.field(default=1, validator=validated(check_int))
     #: Chance that a reading starts an anomaly (spike, level shift, stuck, dropout).
-    anomaly_rate: float = 0.002
-    mqtt: str | None = None
-    kafka: str | None = None
-    postgres: str | None = None
+    anomaly_rate: float = attrs.field(
+        default=0.002, validator=validated(check_number, minimum=0.0, maximum=1.0)
+    )
+    mqtt: str | None = attrs.field(default=None, validator=optional(check_text))
+    kafka: str | None = attrs.field(default=None, validator=optional(check_text))
+    postgres: str | None = attrs.field(default=None, validator=optional(check_text))
     #: Devices drawn in the chart.
-    chart_devices: int = 4
+    chart_devices: int = attrs.field(default=4, validator=validated(check_int, minimum=0))
 
     def __attrs_post_init__(self) -> None:
         if type(self.devices) is not int or type(self.minutes) is not int:
@@ -162,7 +184,10 @@ def run_demo(
     """Run the demo (see the package docstring) and report. Raises :class:`~iotdata.IotDataError`
     subclasses: :class:`~iotdata.InvalidInputError` for bad options or ``out``,
     :class:`~iotdata.ConnectError` for unreachable services."""
-    options = options or DemoOptions()
+    if options is None:
+        options = DemoOptions()
+    check_instance("options", options, DemoOptions)
+    check_callable("progress", progress, none=True)
     return asyncio.run(_Demo(options, progress).run())
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from iotdata import codec
+from iotdata._checks import check_bool, check_callable, check_instance, check_timeout
 from iotdata.device._control import CommandHandler, ConfigHandler, Control, Reply
 from iotdata.device._operators import EdgeOperator, EdgeReading
 from iotdata.device._queue import Lease, QueueConfig, QueueStats, ReadingQueue
@@ -42,6 +43,7 @@ from iotdata.errors import (
     InvalidInputError,
     NoSubscribersError,
     PublishRefusedError,
+    WaitTimeoutError,
 )
 from iotdata.model import (
     MAX_NAME_LENGTH,
@@ -214,6 +216,10 @@ class DeviceClient:
             raise InvalidInputError(f"edge must be an edge operator, got {self.edge!r}")
         if not isinstance(self.topics, Topics):
             raise InvalidInputError(f"topics must be a Topics, got {self.topics!r}")
+        _link(self.settings)
+        check_instance("queue", self.queue, ReadingQueue)
+        check_bool("require_subscriber", self.require_subscriber)
+        check_callable("resend_backoff", self.resend_backoff, none=True)
         self._encoder = codec.Encoder(dictionary=self.dictionary)
         self._wake = threading.Condition(self._lock)
         self._control = Control(self.device_id, self.topics)
@@ -245,7 +251,8 @@ class DeviceClient:
             raise InvalidInputError(
                 f"unknown DeviceClient option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}"
             )
-        backoff = options.pop("backoff", None)
+        backoff = check_callable("backoff", options.pop("backoff", None), none=True)
+        check_instance("queue", queue, QueueConfig, none=True)
         store = ReadingQueue.open(validate_device_id(device_id), queue or QueueConfig())
         try:
             client = cls(device_id, settings, store, **options)
@@ -285,18 +292,20 @@ class DeviceClient:
         self._live_connection().wait_connected(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush the edge operators, send what can be sent within ``timeout``, say goodbye.
+        """Flush the edge operators, send what can be sent within ``timeout`` seconds (None:
+        until everything was sent), say goodbye.
 
         Unsent readings stay in a durable queue for the next run. Safe to call twice.
         """
         with self._lock:
             if self._closing:
                 return
+        check_timeout("timeout", timeout)
         try:
             self._put(self._edge_call(lambda edge: edge.flush()))
             if self.connected:
                 self.flush(timeout)
-        except TimeoutError:
+        except WaitTimeoutError:
             log.warning("closing %s with readings still queued", self.device_id)
         finally:
             self._shutdown()
@@ -352,15 +361,9 @@ class DeviceClient:
         self, readings: Iterable[tuple[str, Value] | tuple[str, Value, int]]
     ) -> int | None:
         """Accept several ``(metric, value[, ts])`` readings in one durable write."""
-        if isinstance(readings, (str, bytes, bytearray, Mapping)) or not isinstance(
-            readings, Iterable
-        ):
-            raise InvalidInputError(
-                f"send_many takes an iterable of (metric, value[, ts]), not {readings!r}"
-            )
         now = self.clock()
         out: list[tuple[str, int, Value]] = []
-        for reading in readings:
+        for reading in _readings(readings):
             if not isinstance(reading, (tuple, list)) or len(reading) not in (2, 3):
                 raise InvalidInputError(f"a reading is (metric, value[, ts]), not {reading!r}")
             ts = reading[2] if len(reading) > 2 else now
@@ -421,13 +424,20 @@ class DeviceClient:
             self._wake.notify_all()
 
     def tick(self, now: int | None = None) -> int | None:
-        """Let time-driven edge operators emit (heartbeats, closed windows); call periodically."""
+        """Let time-driven edge operators emit (heartbeats, closed windows); call periodically.
+
+        ``now`` is in microseconds since the epoch (the client's clock by default)."""
+        if now is not None and type(now) is not int:
+            raise InvalidInputError(f"now must be an int (microseconds) or None: {now!r:.60}")
         moment = self.clock() if now is None else now
         return self._put(self._edge_call(lambda edge: edge.tick(moment)))
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until every queued reading was acknowledged; ``TimeoutError`` if not in time."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Block until every queued reading was acknowledged, at most ``timeout`` seconds (None:
+        for ever). Raises :class:`~iotdata.errors.WaitTimeoutError` (a ``TimeoutError``) if not
+        in time."""
+        wait = check_timeout("timeout", timeout)
+        deadline = None if wait is None else time.monotonic() + wait
         with self._lock:
             self._flushing += 1
             self._wake.notify_all()
@@ -435,7 +445,9 @@ class DeviceClient:
             while self.queue.statistics().queued:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"{self.queue.statistics().queued} readings still queued")
+                    raise WaitTimeoutError(
+                        f"{self.queue.statistics().queued} readings still queued"
+                    )
                 with self._lock:
                     if self._closed:
                         raise ClosedError(f"device client {self.device_id} is closed")
@@ -450,7 +462,7 @@ class DeviceClient:
     async def asend_many(
         self, readings: Iterable[tuple[str, Value] | tuple[str, Value, int]]
     ) -> int | None:
-        return await _in_thread(self.send_many, list(readings))
+        return await _in_thread(self.send_many, _readings(readings))
 
     async def aflush(self, timeout: float | None = None) -> None:
         await _in_thread(self.flush, timeout)
@@ -671,6 +683,7 @@ class DeviceClient:
         self.topics.command(self.device_id, name)  # validates the name
 
         def register(handler: CommandHandler) -> CommandHandler:
+            check_callable("handler", handler)
             self._control.command(name, handler)
             return handler
 
@@ -683,6 +696,7 @@ class DeviceClient:
         offline during a change still applies it. After the handler returns, the applied
         version is published (retained) to ``.../config/reported``.
         """
+        check_callable("handler", handler)
         self._reply(self._control.on_config(handler))
         return handler
 
@@ -715,6 +729,15 @@ def _link(mqtt: object) -> MqttSettings | LocalBroker:
     raise InvalidInputError(
         f"mqtt must be a broker URL, MqttSettings or a LocalBroker, not {type(mqtt).__name__}"
     )
+
+
+def _readings(readings: object) -> list[Any]:
+    """What ``send_many`` was given, as a list, checked to be no str, bytes or mapping."""
+    if isinstance(readings, (str, bytes, bytearray, Mapping)) or not isinstance(readings, Iterable):
+        raise InvalidInputError(
+            f"send_many takes an iterable of (metric, value[, ts]), not {readings!r:.60}"
+        )
+    return list(readings)
 
 
 def _state(*, online: bool) -> bytes:

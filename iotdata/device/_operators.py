@@ -39,6 +39,7 @@ from typing import ClassVar, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
 import attrs
 
+from iotdata._checks import check_bool, check_callable, validated
 from iotdata.errors import EdgeOperatorError, InvalidInputError
 from iotdata.model import Value
 
@@ -144,11 +145,15 @@ class _Step:
         return dict.fromkeys(("received", "emitted", *self._COUNTERS), 0)
 
     def process(self, reading: EdgeReading) -> Sequence[EdgeReading]:
+        if type(reading) is not EdgeReading:
+            raise InvalidInputError(f"expected an EdgeReading, got {type(reading).__name__}")
         self._counts["received"] += 1
         selected = self.metrics is None or reading.metric in self.metrics
         return self._emit(self._apply(reading) if selected else (reading,))
 
     def tick(self, now: int) -> Sequence[EdgeReading]:
+        if type(now) is not int:
+            raise InvalidInputError(f"now must be an int (microseconds), got {now!r:.60}")
         return self._emit(self._on_tick(now))
 
     def flush(self) -> Sequence[EdgeReading]:
@@ -360,7 +365,7 @@ class Downsample(_Step):
     window: float = attrs.field()
     aggregations: Sequence[str] = attrs.field(default=("mean",), converter=_aggregation_names)
     grace: float = attrs.field(default=0.0, kw_only=True)
-    keep_name: bool = attrs.field(default=False, kw_only=True)
+    keep_name: bool = attrs.field(default=False, kw_only=True, validator=validated(check_bool))
     _window_us: int = attrs.field(init=False, repr=False, default=0)
     _aggregates: tuple[tuple[str, Callable[[_Window], Value]], ...] = attrs.field(
         init=False, repr=False, default=()
@@ -473,7 +478,7 @@ class RateLimit(_Step):
 class Filter(_Step):
     """Pass the readings for which ``predicate(reading)`` is true; count the others as dropped."""
 
-    predicate: Callable[[EdgeReading], bool] = attrs.field()
+    predicate: Callable[[EdgeReading], bool] = attrs.field(validator=validated(check_callable))
 
     def _apply(self, reading: EdgeReading) -> Sequence[EdgeReading]:
         if self.predicate(reading):
@@ -488,7 +493,9 @@ class Map(_Step):
 
     _COUNTERS: ClassVar[tuple[str, ...]] = ()
 
-    function: Callable[[EdgeReading], EdgeReading] = attrs.field()
+    function: Callable[[EdgeReading], EdgeReading] = attrs.field(
+        validator=validated(check_callable)
+    )
 
     def _apply(self, reading: EdgeReading) -> Sequence[EdgeReading]:
         return (self.function(reading),)

@@ -47,6 +47,16 @@ from typing import Any, Literal
 
 import attrs
 
+from iotdata._checks import (
+    INT64_MAX,
+    check_callable,
+    check_instance,
+    check_int,
+    check_sqlite_path,
+    check_text,
+    check_timeout,
+    optional,
+)
 from iotdata.device._queue_store import CHUNK_READINGS, Chunk, Journal, Store, encode_rows, merge
 from iotdata.errors import InvalidInputError, QueueClosedError, QueueFullError, QueueStorageError
 from iotdata.model import Batch, Value, validate_device_id
@@ -97,8 +107,8 @@ def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
 
 
 def _path(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not (isinstance(value, (str, os.PathLike)) and os.fspath(value)):
-        raise InvalidInputError(f"path must be a file path or None (memory-only): {value!r}")
+    if value is not None:
+        check_sqlite_path("path", value)
 
 
 def _member_of(choices: Any) -> Callable[[object, attrs.Attribute[Any], object], None]:
@@ -132,11 +142,11 @@ class QueueConfig:
     durability: Literal["full", "normal", "off"] = attrs.field(
         default="normal", validator=_member_of(("full", "normal", "off"))
     )
-    #: The seq a new queue starts at. By default 0 for a file, and the clock in microseconds
-    #: for a memory-only queue, which forgets its next seq with the process: a restarted
-    #: device then never reuses a (device_id, seq).
+    #: The seq a new queue starts at (0 to 2**63-1). By default 0 for a file, and the clock in
+    #: microseconds for a memory-only queue, which forgets its next seq with the process: a
+    #: restarted device then never reuses a (device_id, seq).
     first_seq: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
+        default=None, validator=optional(check_int, minimum=0, maximum=INT64_MAX)
     )
 
 
@@ -239,7 +249,8 @@ class ReadingQueue:
         """
         validate_device_id(device_id)
         if not isinstance(config, QueueConfig):
-            raise InvalidInputError(f"config must be a QueueConfig, got {config!r}")
+            raise InvalidInputError(f"config must be a QueueConfig, got {config!r:.60}")
+        check_callable("clock", clock)
         store = Store.open(config.path, config.durability, device_id, clock)
         try:
             readings, size = store.totals()
@@ -403,6 +414,8 @@ class ReadingQueue:
         and leave the queue when their lease is acknowledged, so they never block the readings
         behind them. Quarantining the same seq twice keeps one copy.
         """
+        check_instance("batch", batch, Batch)
+        check_text("reason", reason, empty=True)
         rows = [
             (seq, column.metric, ts, value)
             for column in batch.columns
@@ -425,10 +438,9 @@ class ReadingQueue:
         Raises:
             QueueClosedError: the queue is or gets closed.
         """
-        if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0):
-            raise InvalidInputError(f"timeout must be None or seconds >= 0, got {timeout!r}")
+        wait = check_timeout("timeout", timeout)
         with self._cond:
-            ready = self._cond.wait_for(self._pending_or_closed, timeout)
+            ready = self._cond.wait_for(self._pending_or_closed, wait)
             self._check_open()
             return ready
 

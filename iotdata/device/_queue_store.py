@@ -496,6 +496,8 @@ class Journal:
         kind = type(value)
         if type(ts) is not int or not -(2**63) <= ts < 2**63 or kind not in _PLAIN_TYPES:
             return False
+        if type(metric) is not str:
+            return False
         if kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:  # type: ignore[operator]
             return False
         if kind is str and (len(value) > MAX_STRING_LENGTH or not value.isascii()):  # type: ignore[arg-type,union-attr]

@@ -21,6 +21,18 @@ from typing import Any, Protocol
 
 import attrs
 
+from iotdata._checks import (
+    INT64_MAX,
+    INT64_MIN,
+    check_instance,
+    check_int,
+    check_iterable,
+    check_number,
+    check_path,
+    check_text,
+    each,
+    validated,
+)
 from iotdata.errors import InvalidInputError
 from iotdata.model import ts_from_datetime
 
@@ -58,30 +70,56 @@ def sim_device_id(index: int) -> str:
     return f"sim-{index:05d}"
 
 
+_TS = validated(check_int, minimum=INT64_MIN, maximum=INT64_MAX)
+
+
+def _tupled(values: object) -> tuple[Any, ...]:
+    return tuple(check_iterable("a series", values))
+
+
+def _kind(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if value not in ANOMALY_KINDS:
+        raise InvalidInputError(f"kind must be one of {ANOMALY_KINDS}, got {value!r:.60}")
+
+
 @attrs.frozen
 class Anomaly:
     """An injected episode on ``device_id``, from ``start_ts`` to ``end_ts`` (microseconds, both
     included). ``kind`` is one of :data:`ANOMALY_KINDS`; for a dropout these are the times of
     the readings that were never sent."""
 
-    device_id: str
-    kind: str
-    start_ts: int
-    end_ts: int
+    device_id: str = attrs.field(validator=validated(check_text))
+    kind: str = attrs.field(validator=_kind)
+    start_ts: int = attrs.field(
+        validator=validated(check_int, minimum=INT64_MIN, maximum=INT64_MAX)
+    )
+    end_ts: int = attrs.field(validator=validated(check_int, minimum=INT64_MIN, maximum=INT64_MAX))
+
+    def __attrs_post_init__(self) -> None:
+        if self.end_ts < self.start_ts:
+            raise InvalidInputError(f"an anomaly ends before it starts: {self!r}")
 
 
 def save_anomalies(path: Path, events: Iterable[Anomaly]) -> None:
-    """Write ``events`` as a JSON list of ``{"device_id", "kind", "start_ts", "end_ts"}``."""
-    documents = [attrs.asdict(event) for event in events]
-    Path(path).write_text(json.dumps(documents, indent=1) + "\n")
+    """Write ``events`` as a JSON list of ``{"device_id", "kind", "start_ts", "end_ts"}``.
+
+    Raises :class:`InvalidInputError` for a bad path or events, or when the file cannot be
+    written."""
+    target = Path(check_path("path", path))
+    documents = [attrs.asdict(e) for e in each("events", events, check_instance, kind=Anomaly)]
+    try:
+        target.write_text(json.dumps(documents, indent=1) + "\n")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {target}: {exc}") from exc
 
 
 def load_anomalies(path: Path) -> list[Anomaly]:
     """Read what :func:`save_anomalies` wrote. Raises :class:`InvalidInputError`."""
+    source = Path(check_path("path", path))
     try:
-        return [Anomaly(**document) for document in json.loads(Path(path).read_text())]
+        return [Anomaly(**document) for document in json.loads(source.read_text())]
     except (OSError, ValueError, TypeError) as exc:
-        raise InvalidInputError(f"{path} is not an anomalies file: {exc}") from exc
+        raise InvalidInputError(f"{source} is not an anomalies file: {exc}") from exc
 
 
 @attrs.define
@@ -133,8 +171,12 @@ class SyntheticSignal:
         start_ts: int = 0,
         anomaly_rate: float = DEFAULT_ANOMALY_RATE,
     ) -> SyntheticSignal:
-        """The signal of device ``index``, deterministic for ``seed``; the trend starts at
-        ``start_ts``."""
+        """The signal of device ``index`` (an int >= 0), deterministic for ``seed`` (an int);
+        the trend starts at ``start_ts`` (microseconds). ``anomaly_rate`` lies in [0, 1]."""
+        check_int("index", index, minimum=0)
+        check_int("seed", seed)
+        check_int("start_ts", start_ts, minimum=INT64_MIN, maximum=INT64_MAX)
+        check_number("anomaly_rate", anomaly_rate, minimum=0.0, maximum=1.0)
         shape = random.Random(f"iotdata-sim/{seed}/{index}/shape")
         return cls(
             sim_device_id(index),
@@ -150,7 +192,8 @@ class SyntheticSignal:
         )
 
     def expected(self, ts: int) -> float:
-        """The noiseless value at ``ts``: base, trend and daily cycle."""
+        """The noiseless value at ``ts`` (microseconds): base, trend and daily cycle."""
+        check_int("ts", ts)
         days = (ts - self.start_ts) / _DAY_US
         cycle = math.sin(2 * math.pi * (ts % _DAY_US) / _DAY_US + self.phase)
         return self.base + self.trend * days + self.amplitude * cycle
@@ -200,11 +243,17 @@ class ReplaySignal:
     forward. It injects nothing: a replayed corpus brings its own anomalies.
     """
 
-    device_id: str
-    ts: tuple[int, ...]
-    values: tuple[float, ...]
-    shift: int = 0
+    device_id: str = attrs.field(validator=validated(check_text))
+    ts: tuple[int, ...] = attrs.field(converter=_tupled)
+    values: tuple[float, ...] = attrs.field(converter=_tupled)
+    shift: int = attrs.field(default=0, validator=validated(check_int))
     _position: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.ts or len(self.ts) != len(self.values):
+            raise InvalidInputError("a replayed series needs as many values as timestamps (>= 1)")
+        each("ts", self.ts, check_int)
+        each("values", self.values, check_number)
 
     def reading(self, ts: int) -> tuple[int, float]:
         """The next recorded ``(ts, value)``; the scheduled ``ts`` is ignored."""
@@ -226,6 +275,7 @@ class ReplaySignal:
 def read_series(path: Path) -> Series:
     """``(timestamps, values)`` of a CSV file with a ``timestamp,value`` header and naive UTC
     ``YYYY-MM-DD HH:MM:SS`` times (the NAB layout). Raises :class:`InvalidInputError`."""
+    path = Path(check_path("path", path))
     ts: list[int] = []
     values: list[float] = []
     try:

@@ -41,6 +41,15 @@ from pathlib import Path
 import attrs
 import tenacity
 
+from iotdata._checks import (
+    check_bool,
+    check_callable,
+    check_instance,
+    check_int,
+    check_path,
+    check_seconds,
+    validated,
+)
 from iotdata.codec import Encoder
 from iotdata.device._signals import (
     ANOMALY_KINDS,
@@ -183,8 +192,20 @@ class _Device:
     seqs: list[int] = attrs.field(factory=list)
 
 
+#: Most devices one simulator runs.
+MAX_DEVICES = 1_000_000
+
+
 def _settings(mqtt: str | MqttSettings) -> MqttSettings:
-    return mqtt if isinstance(mqtt, MqttSettings) else MqttSettings.from_url(mqtt)
+    if isinstance(mqtt, MqttSettings):
+        return mqtt
+    if not isinstance(mqtt, str):
+        raise InvalidInputError(f"mqtt must be a broker URL or MqttSettings, not {mqtt!r:.60}")
+    return MqttSettings.from_url(mqtt)
+
+
+def _replay(value: object) -> Path | None:
+    return None if value is None else Path(check_path("replay", value))
 
 
 def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -218,28 +239,42 @@ class FleetSimulator:
     """
 
     mqtt: MqttSettings = attrs.field(converter=_settings)
-    devices: int = attrs.field(validator=_at_least_one)
+    #: Virtual devices, 1 to 1,000,000 (each keeps its signal and a buffer in memory).
+    devices: int = attrs.field(validator=validated(check_int, minimum=1, maximum=MAX_DEVICES))
     rate: float = attrs.field(validator=_positive)
-    topics: Topics = attrs.field(factory=Topics)
-    connections: int = attrs.field(default=4, validator=_at_least_one)
+    topics: Topics = attrs.field(factory=Topics, validator=validated(check_instance, kind=Topics))
+    #: MQTT connections the devices share, 1 to 10,000.
+    connections: int = attrs.field(
+        default=4, validator=validated(check_int, minimum=1, maximum=10_000)
+    )
     batch_size: int = attrs.field(default=100, validator=_at_least_one)
     linger: float = attrs.field(default=1.0, validator=_positive)
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=validated(check_int))
     anomaly_rate: float = attrs.field(default=DEFAULT_ANOMALY_RATE, validator=_probability)
-    replay: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
-    keep_timestamps: bool = False
+    replay: Path | None = attrs.field(default=None, converter=_replay)
+    keep_timestamps: bool = attrs.field(default=False, validator=validated(check_bool))
     max_in_flight: int = attrs.field(default=256, validator=_at_least_one)
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Give up (ConnectError) when the broker acknowledges nothing for this many seconds.
     stall_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: How long the connections wait between attempts to reconnect (a tenacity wait).
-    backoff: tenacity.wait.wait_base = attrs.field(factory=default_backoff)
+    backoff: tenacity.wait.wait_base = attrs.field(
+        factory=default_backoff, validator=validated(check_callable)
+    )
     #: How long a connection holds back its frames after the broker did not take one on (no
     #: matching subscribers, a quota): they are kept and sent again (a tenacity wait).
-    resend_backoff: tenacity.wait.wait_base = attrs.field(factory=refusal_backoff)
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    wall_clock: Callable[[], int] = _now_us
+    resend_backoff: tenacity.wait.wait_base = attrs.field(
+        factory=refusal_backoff, validator=validated(check_callable)
+    )
+    clock: Callable[[], float] = attrs.field(
+        default=time.monotonic, validator=validated(check_callable)
+    )
+    sleep: Callable[[float], None] = attrs.field(
+        default=time.sleep, validator=validated(check_callable)
+    )
+    wall_clock: Callable[[], int] = attrs.field(
+        default=_now_us, validator=validated(check_callable)
+    )
     _stopping: threading.Event = attrs.field(factory=threading.Event, init=False)
     _cond: threading.Condition = attrs.field(factory=threading.Condition, init=False)
     _links: list[_Link] = attrs.field(factory=list, init=False)
@@ -270,6 +305,8 @@ class FleetSimulator:
         ``progress_every`` seconds. Raises :class:`~iotdata.ConnectError` when the broker cannot
         be reached within ``connect_timeout`` or stalls for ``stall_timeout``."""
         total = self._total_ticks(readings_per_device, duration)
+        check_callable("progress", progress, none=True)
+        check_seconds("progress_every", progress_every, zero=False)
         series = [read_series(p) for p in replay_files(self.replay)] if self.replay else []
         self._stopping.clear()
         self._progress, self._progress_every = progress, progress_every
@@ -324,8 +361,7 @@ class FleetSimulator:
                 raise InvalidInputError("readings_per_device must be an int >= 0")
             return readings_per_device * self.devices
         if duration is not None:
-            if not 0 <= duration < math.inf:
-                raise InvalidInputError("duration must be a number of seconds >= 0")
+            check_seconds("duration", duration)
             return math.ceil(duration * self.rate * self.devices)
         return None
 

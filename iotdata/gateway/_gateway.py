@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
+from iotdata._checks import check_instance, check_int, check_text, each, optional, validated
 from iotdata.codec import Dictionary, Limits
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.gateway._routing import KafkaTopics, OrderedAcks, Route, Router
@@ -54,36 +55,55 @@ class _Pending(NamedTuple):
     generation: int
 
 
-def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value < 1:
-        raise InvalidInputError(f"{attribute.name} must be an int >= 1, got {value!r}")
+def _dictionaries(value: object) -> tuple[Dictionary, ...]:
+    return tuple(each("dictionaries", value, check_instance, kind=Dictionary))
+
+
+def _host(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    host = check_text(attribute.name, value)
+    if any(c.isspace() or c in "/?#@" for c in host):
+        raise InvalidInputError(f"{attribute.name} must be a host name or address: {host!r:.60}")
 
 
 @attrs.frozen(kw_only=True)
 class GatewaySettings:
     """Where a gateway reads and writes, and its bounds."""
 
-    mqtt: MqttSettings = attrs.Factory(lambda: MqttSettings.from_url("mqtt://127.0.0.1:1883"))
-    kafka: ProducerSettings = attrs.Factory(ProducerSettings)
-    topics: Topics = attrs.Factory(Topics)
-    kafka_topics: KafkaTopics = attrs.Factory(KafkaTopics)
+    mqtt: MqttSettings = attrs.field(
+        factory=lambda: MqttSettings.from_url("mqtt://127.0.0.1:1883"),
+        validator=validated(check_instance, kind=MqttSettings),
+    )
+    kafka: ProducerSettings = attrs.field(
+        factory=ProducerSettings, validator=validated(check_instance, kind=ProducerSettings)
+    )
+    topics: Topics = attrs.field(factory=Topics, validator=validated(check_instance, kind=Topics))
+    kafka_topics: KafkaTopics = attrs.field(
+        factory=KafkaTopics, validator=validated(check_instance, kind=KafkaTopics)
+    )
     #: The shared-subscription group: gateways in one group split the messages. None
     #: subscribes without a share (one gateway), which a broker restores with the session after
     #: a restart (see docs/gateway.md).
-    group: str | None = "iotdata-gateway"
+    group: str | None = attrs.field(default="iotdata-gateway", validator=optional(check_text))
     #: MQTT client id; it names the persistent session, so keep it stable across restarts and
     #: unique per gateway process. Default: ``{group}-{host name}``.
-    client_id: str | None = None
+    client_id: str | None = attrs.field(default=None, validator=optional(check_text))
     #: Seconds the broker keeps the session (and queues messages) while the gateway is away.
-    session_expiry: int = attrs.field(default=3600, validator=_positive_int)
-    #: Messages received and not yet acknowledged (MQTT 5 receive maximum).
-    max_in_flight: int = attrs.field(default=1000, validator=_positive_int)
-    limits: Limits = attrs.Factory(Limits)
+    session_expiry: int = attrs.field(
+        default=3600, validator=validated(check_int, minimum=1, maximum=2**32 - 1)
+    )
+    #: Messages received and not yet acknowledged (MQTT 5 receive maximum: 1 to 65535).
+    max_in_flight: int = attrs.field(
+        default=1000, validator=validated(check_int, minimum=1, maximum=65535)
+    )
+    limits: Limits = attrs.field(factory=Limits, validator=validated(check_instance, kind=Limits))
     #: Dictionaries the devices encode with (frames naming another one are dead-lettered).
-    dictionaries: tuple[Dictionary, ...] = ()
-    #: Serve Prometheus text metrics on this port (None: no endpoint).
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    dictionaries: tuple[Dictionary, ...] = attrs.field(default=(), converter=_dictionaries)
+    #: Serve Prometheus text metrics on this port (None: no endpoint; 0: any free port).
+    metrics_port: int | None = attrs.field(
+        default=None, validator=optional(check_int, minimum=0, maximum=65535)
+    )
+    #: The address the metrics endpoint listens on (an IP address or host name).
+    metrics_host: str = attrs.field(default="127.0.0.1", validator=_host)
 
     def __attrs_post_init__(self) -> None:
         if self.mqtt.protocol != 5:
@@ -154,9 +174,12 @@ class Gateway:
         """Connect to Kafka, then subscribe on MQTT; returns once both are under way.
 
         Raises :class:`~iotdata.errors.ConnectError` when Kafka cannot be reached (the MQTT
-        connection retries in the background, like every iotdata connection).
+        connection retries in the background, like every iotdata connection), and
+        :class:`~iotdata.InvalidInputError` for ``settings`` that are no GatewaySettings.
         """
-        settings = settings or GatewaySettings()
+        if settings is None:
+            settings = GatewaySettings()
+        check_instance("settings", settings, GatewaySettings)
         producer = await PartitionedProducer.start(settings.kafka)
         router = Router(
             topics=settings.topics,
@@ -354,6 +377,7 @@ def _quantile(ordered: list[float], q: float) -> float | None:
 
 def prometheus_text(stats: GatewayStats) -> str:
     """The statistics in Prometheus' text exposition format."""
+    check_instance("stats", stats, GatewayStats)
     lines = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import attrs
 
+from iotdata._checks import check_instance, check_int, each, validated
 from iotdata.codec import Decoder, Dictionary, Limits
 from iotdata.errors import DecodeError, InvalidInputError
 from iotdata.model import validate_device_id
@@ -35,16 +36,25 @@ REASONS = ("malformed", "oversized", "spoofed", "bad-topic", "bad-presence")
 Kind = Literal["telemetry", "presence", "dead-letter"]
 
 
+def _kafka_topic(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    from iotdata.kafka import TopicSpec  # noqa: PLC0415 (checks the name as Kafka does)
+
+    TopicSpec(name=value)  # type: ignore[arg-type]
+
+
 @attrs.frozen(kw_only=True)
 class KafkaTopics:
-    """The Kafka topics a gateway writes: ``{prefix}.telemetry``, ``.devices`` and ``.dlq``."""
+    """The Kafka topics a gateway writes: ``{prefix}.telemetry``, ``.devices`` and ``.dlq``
+    (names as Kafka allows them: 1 to 249 of ``[a-zA-Z0-9._-]``)."""
 
-    telemetry: str = "iotdata.telemetry"
-    devices: str = "iotdata.devices"
-    dead_letters: str = "iotdata.dlq"
+    telemetry: str = attrs.field(default="iotdata.telemetry", validator=_kafka_topic)
+    devices: str = attrs.field(default="iotdata.devices", validator=_kafka_topic)
+    dead_letters: str = attrs.field(default="iotdata.dlq", validator=_kafka_topic)
 
     @classmethod
     def with_prefix(cls, prefix: str) -> KafkaTopics:
+        if type(prefix) is not str:
+            raise InvalidInputError(f"prefix must be a str, got {prefix!r:.60}")
         return cls(
             telemetry=f"{prefix}.telemetry",
             devices=f"{prefix}.devices",
@@ -66,14 +76,20 @@ class Route:
     reason: str | None = None
 
 
+def _dictionaries(value: object) -> tuple[Dictionary, ...]:
+    return tuple(each("dictionaries", value, check_instance, kind=Dictionary))
+
+
 @attrs.define
 class Router:
     """Validates and routes MQTT messages. Not thread-safe: one per gateway task."""
 
-    topics: Topics = attrs.Factory(Topics)
-    kafka: KafkaTopics = attrs.Factory(KafkaTopics)
-    limits: Limits = attrs.Factory(Limits)
-    dictionaries: tuple[Dictionary, ...] = ()
+    topics: Topics = attrs.field(factory=Topics, validator=validated(check_instance, kind=Topics))
+    kafka: KafkaTopics = attrs.field(
+        factory=KafkaTopics, validator=validated(check_instance, kind=KafkaTopics)
+    )
+    limits: Limits = attrs.field(factory=Limits, validator=validated(check_instance, kind=Limits))
+    dictionaries: tuple[Dictionary, ...] = attrs.field(default=(), converter=_dictionaries)
     _decoder: Decoder = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -82,6 +98,13 @@ class Router:
             self._decoder.add_dictionary(dictionary)
 
     def route(self, mqtt_topic: str, payload: bytes) -> Route:
+        """Where the message ``payload`` (bytes) received on ``mqtt_topic`` goes.
+
+        Raises:
+            InvalidInputError: ``mqtt_topic`` is not a str or ``payload`` not bytes.
+        """
+        if not isinstance(payload, (bytes, bytearray)):
+            raise InvalidInputError(f"payload must be bytes, got {type(payload).__name__}")
         parsed = self.topics.parse(mqtt_topic)
         if parsed is None:
             return self._dead("bad-topic", None, mqtt_topic, "not a topic of this scheme")
@@ -144,11 +167,13 @@ class OrderedAcks:
 
     def arrive(self, mid: int) -> int:
         """Register the next message; returns its arrival number for :meth:`complete`."""
+        check_int("mid", mid, minimum=0)
         self._entries.append([mid, 0])
         return self._first + len(self._entries) - 1
 
     def complete(self, number: int) -> list[int]:
         """Mark message ``number`` done; return the ids to acknowledge now, in order."""
+        check_int("number", number)
         index = number - self._first
         if not 0 <= index < len(self._entries):
             raise InvalidInputError(f"message {number} is not pending")

@@ -20,6 +20,15 @@ from typing import Any
 
 import attrs
 
+from iotdata._checks import (
+    check_instance,
+    check_int,
+    check_mapping,
+    check_seconds,
+    check_text,
+    each,
+    optional,
+)
 from iotdata.errors import DeliveryError, InvalidInputError
 from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._security import KafkaSecurity
@@ -46,9 +55,18 @@ def _topic_name(instance: object, attribute: attrs.Attribute[str], value: str) -
         )
 
 
-def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if type(value) is not int or value < 1:
-        raise InvalidInputError(f"{attribute.name} must be an int >= 1, got {value!r}")
+def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    # Kafka's protocol holds partition counts in 32 bits and replication factors in 16
+    check_int(attribute.name, value, minimum=1, maximum=_MAXIMA[attribute.name])
+
+
+_MAXIMA = {"partitions": 2**31 - 1, "replication": 2**15 - 1}
+
+
+def _topic_config(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    for key, setting in check_mapping("config", value).items():
+        check_text("a config name", key)
+        check_text(f"config[{key!r}]", setting, empty=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -62,10 +80,10 @@ class TopicSpec:
     replication: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_at_least_one)
     )
-    #: ``retention.ms``; None keeps the broker's default.
-    retention_ms: int | None = None
-    #: Further topic configuration, e.g. ``{"cleanup.policy": "compact"}``.
-    config: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``retention.ms`` (-1: for ever); None keeps the broker's default.
+    retention_ms: int | None = attrs.field(default=None, validator=optional(check_int, minimum=-1))
+    #: Further topic configuration, e.g. ``{"cleanup.policy": "compact"}`` (str to str).
+    config: Mapping[str, str] = attrs.field(factory=dict, validator=_topic_config)
 
     def configs(self) -> dict[str, str]:
         out = dict(self.config)
@@ -94,6 +112,9 @@ async def ensure_topics(
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     check_bootstrap(bootstrap)
+    each("specs", specs, check_instance, kind=TopicSpec)
+    check_seconds("timeout", timeout, zero=False)
+    check_instance("security", security, KafkaSecurity, none=True)
     options = {
         "bootstrap_servers": bootstrap,
         "request_timeout_ms": int(timeout * 1000),

@@ -29,13 +29,26 @@ from typing import Any, Literal
 
 import attrs
 
+from iotdata._checks import (
+    check_bool,
+    check_headers,
+    check_instance,
+    check_int,
+    check_seconds,
+    check_text,
+    check_timeout,
+    record_key,
+    validated,
+)
 from iotdata.errors import (
     ClosedError,
     ConnectError,
     DeliveryError,
     DeliveryTimeoutError,
     InvalidInputError,
+    WaitTimeoutError,
 )
+from iotdata.kafka._admin import TopicSpec
 from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._partitioner import Partitioner
 from iotdata.kafka._security import KafkaSecurity
@@ -55,8 +68,10 @@ _STOP_GRACE = 5.0
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if type(value) not in (int, float) or not value > 0:
-        raise InvalidInputError(f"{attribute.name} must be a positive number, got {value!r}")
+    if attribute.name.endswith("_bytes"):
+        check_int(attribute.name, value, minimum=1)
+    else:
+        check_seconds(attribute.name, value, zero=False)
 
 
 def _bootstrap(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -69,12 +84,12 @@ class ProducerSettings:
 
     #: Kafka bootstrap servers, ``host:port[,host:port...]``.
     bootstrap: str = attrs.field(default="127.0.0.1:9092", validator=_bootstrap)
-    client_id: str = "iotdata-producer"
+    client_id: str = attrs.field(default="iotdata-producer", validator=validated(check_text))
     #: Kafka-level compression. iotdata frames are zstd-compressed already, so None is the
     #: default; zstd and lz4 need ``pip install 'iotdata[kafka-compression]'``.
     compression: Compression | None = None
     #: The idempotent producer: retries never duplicate or reorder within a partition.
-    idempotent: bool = True
+    idempotent: bool = attrs.field(default=True, validator=validated(check_bool))
     #: Seconds a partly filled partition batch waits for more records.
     linger: float = attrs.field(default=0.005, validator=_positive)
     #: Largest partition batch in bytes (a record larger than this goes alone).
@@ -88,7 +103,9 @@ class ProducerSettings:
     #: Seconds one request may take before aiokafka retries it.
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: TLS, mutual TLS or a SASL login (default: none).
-    security: KafkaSecurity = attrs.Factory(KafkaSecurity)
+    security: KafkaSecurity = attrs.field(
+        factory=KafkaSecurity, validator=validated(check_instance, kind=KafkaSecurity)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.compression not in _COMPRESSIONS:
@@ -112,6 +129,15 @@ class ProducerSettings:
             "request_timeout_ms": int(self.request_timeout * 1000),
             **self.security.client_options(),
         }
+
+
+def _evolved(settings: object, options: dict[str, Any]) -> ProducerSettings:
+    """``settings`` (default ones for None) with ``options`` for some of their fields."""
+    base = check_instance("settings", settings or ProducerSettings(), ProducerSettings)
+    unknown = set(options) - {f.name for f in attrs.fields(ProducerSettings)}
+    if unknown:
+        raise InvalidInputError(f"unknown ProducerSettings field(s) {sorted(unknown)}")
+    return attrs.evolve(base, **options)
 
 
 @attrs.frozen
@@ -200,7 +226,7 @@ class PartitionedProducer:
 
         Raises :class:`~iotdata.errors.ConnectError` when no bootstrap server answers.
         """
-        settings = attrs.evolve(settings or ProducerSettings(), **options)
+        settings = _evolved(settings, options)
         from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
         try:
@@ -213,8 +239,9 @@ class PartitionedProducer:
 
     async def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (asked once, then remembered)."""
-        count = self._partitions.get(topic)
+        count = self._partitions.get(topic) if type(topic) is str else None
         if count is None:
+            TopicSpec(name=topic)  # the name as Kafka allows it, or InvalidInputError
             from aiokafka.errors import KafkaError  # noqa: PLC0415
 
             try:
@@ -241,9 +268,14 @@ class PartitionedProducer:
         fails with :class:`~iotdata.errors.DeliveryError` (``retriable`` set when sending again
         may help) or :class:`~iotdata.errors.DeliveryTimeoutError`.
         """
-        key_bytes = key.encode() if type(key) is str else key
-        if type(key_bytes) is not bytes or type(value) is not bytes:
-            raise InvalidInputError("key must be str or bytes and value bytes")
+        if type(topic) is not str:
+            raise InvalidInputError(f"topic must be a str, got {type(topic).__name__}")
+        key_bytes = record_key(key)
+        if type(value) is not bytes:
+            raise InvalidInputError(f"value must be bytes, got {type(value).__name__}")
+        headers = check_headers(headers)
+        if timestamp_ms is not None:
+            check_int("timestamp_ms", timestamp_ms, minimum=0, maximum=2**63 - 1)
         size = len(key_bytes) + len(value) + _RECORD_OVERHEAD
         size += sum(len(name) + len(data) for name, data in headers)
         if size > self.settings.max_request_bytes:
@@ -274,10 +306,15 @@ class PartitionedProducer:
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send every open batch now and wait until everything accepted is acknowledged
-        (or failed). Raises ``TimeoutError`` after ``timeout`` seconds."""
+        (or failed). Raises :class:`~iotdata.errors.WaitTimeoutError` (a ``TimeoutError``)
+        after ``timeout`` seconds (None or ``math.inf``: no limit)."""
+        wait = check_timeout("timeout", timeout)
         for lane in self._lanes.values():
             self._seal(lane)
-        await asyncio.wait_for(self._wait_room(0), timeout)
+        try:
+            await asyncio.wait_for(self._wait_room(0), wait)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise WaitTimeoutError(f"not acknowledged within {timeout} s") from None
         if self._failure is not None:
             raise self._failure
 

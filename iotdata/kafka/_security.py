@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from iotdata._checks import check_instance, check_text, optional
 from iotdata._tls import TlsSettings
 from iotdata.errors import InvalidInputError
 
@@ -32,10 +33,14 @@ class KafkaSecurity:
     ``IOTDATA_KAFKA_PASSWORD`` so it stays off command lines and out of code.
     """
 
-    tls: TlsSettings | None = None
+    tls: TlsSettings | None = attrs.field(
+        default=None, validator=optional(check_instance, kind=TlsSettings)
+    )
     sasl_mechanism: str | None = None
-    username: str | None = None
-    password: str | None = attrs.field(default=None, repr=False)
+    username: str | None = attrs.field(default=None, validator=optional(check_text))
+    password: str | None = attrs.field(
+        default=None, repr=False, validator=optional(check_text, empty=True)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.sasl_mechanism is None:
@@ -48,7 +53,7 @@ class KafkaSecurity:
         if self.sasl_mechanism not in SASL_MECHANISMS:
             raise InvalidInputError(
                 f"SASL mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
-                f"got {self.sasl_mechanism!r}"
+                f"got {self.sasl_mechanism!r:.60}"
             )
         if not self.username or self.password is None:
             raise InvalidInputError(

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from iotdata._checks import check_iterable
 from iotdata.errors import InvalidInputError
 from iotdata.local._records import Retention
 
@@ -20,6 +21,10 @@ __all__ = [
     "session_timeout",
     "topic_set",
 ]
+
+
+def _listed(name: str, value: object) -> list[Any]:
+    return check_iterable(name, value, what="a topic name or a collection of them")
 
 
 def is_int(value: object) -> bool:
@@ -54,12 +59,12 @@ def check_retention(value: object) -> Retention:
 
 def topic_set(topics: str | Collection[str]) -> frozenset[str]:
     """Topics to subscribe to: one name, or a non-empty collection of names."""
-    names = frozenset((topics,) if isinstance(topics, str) else topics)
-    if not names:
+    listed = [topics] if isinstance(topics, str) else _listed("topics", topics)
+    if not listed:
         raise InvalidInputError("a member must subscribe to at least one topic")
-    for name in names:
+    for name in listed:
         check_name("a topic", name)
-    return names
+    return frozenset(listed)
 
 
 # attrs validators

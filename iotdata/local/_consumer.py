@@ -22,11 +22,12 @@ import logging
 import time
 import uuid
 from collections.abc import Collection, Mapping
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
 from iotdata.errors import ClosedError, InvalidInputError
+from iotdata.local._checks import check_name, topic_set
 from iotdata.local._errors import OffsetOutOfRangeError, UnknownMemberError
 from iotdata.local._log import LocalLog
 from iotdata.local._records import GroupAssignment, LogRecord, TopicPartition
@@ -65,7 +66,32 @@ class ConsumerStats:
 
 
 def _topics(value: str | Collection[str]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(sorted(value))
+    return tuple(sorted(topic_set(value)))
+
+
+def _log(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, LocalLog):
+        raise InvalidInputError(f"log must be a LocalLog, got {value!r:.60}")
+
+
+def _name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_name(attribute.name, value)
+
+
+def _listener(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    methods = ("on_partitions_revoked", "on_partitions_assigned")
+    if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
+        raise InvalidInputError(f"listener must be a RebalanceListener or None: {value!r:.60}")
+
+
+def _partition(partition: object) -> TopicPartition:
+    """A ``TopicPartition`` (or a ``(topic, partition)`` pair)."""
+    if not isinstance(partition, tuple) or len(partition) != 2:
+        raise InvalidInputError(f"expected a TopicPartition, got {partition!r:.60}")
+    topic, number = partition
+    if type(topic) is not str or type(number) is not int:
+        raise InvalidInputError(f"expected a TopicPartition(str, int), got {partition!r:.60}")
+    return TopicPartition(topic, number)
 
 
 def _reset(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -87,14 +113,16 @@ class LocalConsumer:
     ...     batches = await consumer.getmany(timeout_ms=1000)
     """
 
-    log: LocalLog
-    group: str
+    log: LocalLog = attrs.field(validator=_log)
+    group: str = attrs.field(validator=_name)
     topics: tuple[str, ...] = attrs.field(converter=_topics)
-    member_id: str = attrs.Factory(lambda: f"local-{uuid.uuid4().hex[:12]}")
+    member_id: str = attrs.field(factory=lambda: f"local-{uuid.uuid4().hex[:12]}", validator=_name)
     auto_offset_reset: OffsetReset = attrs.field(default="earliest", kw_only=True, validator=_reset)
     #: Records one ``getmany`` returns at most when it is not given ``max_records``.
     max_poll_records: int = attrs.field(default=500, kw_only=True, converter=_max_records)
-    listener: RebalanceListener | None = attrs.field(default=None, kw_only=True)
+    listener: RebalanceListener | None = attrs.field(
+        default=None, kw_only=True, validator=_listener
+    )
     _generation: int = attrs.field(default=-1, init=False)
     _assigned: tuple[TopicPartition, ...] = attrs.field(default=(), init=False)
     _positions: dict[TopicPartition, int] = attrs.field(factory=dict, init=False)
@@ -155,12 +183,12 @@ class LocalConsumer:
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         """Read from the oldest retained record (all assigned partitions when none named)."""
-        for tp in partitions or self._assigned:
+        for tp in [_partition(p) for p in partitions] or self._assigned:
             self.seek(tp, self.log.start_offset(*tp))
 
     async def seek_to_end(self, *partitions: TopicPartition) -> None:
         """Read only records appended from now on (all assigned partitions when none named)."""
-        for tp in partitions or self._assigned:
+        for tp in [_partition(p) for p in partitions] or self._assigned:
             self.seek(tp, self.log.end_offset(*tp))
 
     async def position(self, partition: TopicPartition) -> int:
@@ -170,7 +198,7 @@ class LocalConsumer:
 
     async def committed(self, partition: TopicPartition) -> int | None:
         """The group's committed offset for ``partition``, or None."""
-        return self.log.committed(self.group, *partition)
+        return self.log.committed(self.group, *_partition(partition))
 
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Commit ``offsets`` (next offsets to read), by default the current positions, with
@@ -221,7 +249,7 @@ class LocalConsumer:
 
     def _check_assigned(self, partition: TopicPartition) -> None:
         self._check_open()
-        if partition not in self._assigned:
+        if _partition(partition) not in self._assigned:
             raise InvalidInputError(f"{partition} is not assigned to {self.member_id!r}")
 
     async def _sync(self) -> None:

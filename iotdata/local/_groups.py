@@ -10,6 +10,8 @@ from collections.abc import Collection, Iterable, Mapping
 
 import attrs
 
+from iotdata._checks import check_int, check_iterable, check_mapping, check_text
+from iotdata.errors import InvalidInputError
 from iotdata.local._errors import CommitFailedError, UnknownMemberError
 from iotdata.local._records import GroupAssignment, TopicPartition
 
@@ -24,7 +26,11 @@ def range_assign(
 
     So partition ``p`` of topics with the same partition count goes to the same member
     (co-partitioning), and the result depends only on who subscribes to what.
+
+    Raises :class:`~iotdata.InvalidInputError` unless ``subscriptions`` maps member ids (str)
+    to collections of topic names and ``partitions`` topic names to counts (ints >= 0).
     """
+    _check_assignable(subscriptions, partitions)
     owned: dict[str, list[TopicPartition]] = {member: [] for member in subscriptions}
     for topic in sorted({t for topics in subscriptions.values() for t in topics}):
         members = sorted(m for m, topics in subscriptions.items() if topic in topics)
@@ -35,6 +41,18 @@ def range_assign(
             owned[member].extend(TopicPartition(topic, p) for p in range(first, first + length))
             first += length
     return {member: tuple(sorted(tps)) for member, tps in owned.items()}
+
+
+def _check_assignable(subscriptions: object, partitions: object) -> None:
+    for member, topics in check_mapping("subscriptions", subscriptions).items():
+        check_text("a member id", member)
+        if isinstance(topics, str) or not all(
+            type(t) is str for t in check_iterable(member, topics)
+        ):
+            raise InvalidInputError(f"the topics of {member!r:.60} must be a collection of str")
+    for topic, count in check_mapping("partitions", partitions).items():
+        check_text("a topic", topic)
+        check_int(f"partitions[{topic!r:.60}]", count, minimum=0)
 
 
 @attrs.define

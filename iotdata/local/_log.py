@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from iotdata._checks import check_int, check_path
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.kafka import Partitioner, TopicSpec
 from iotdata.local._checks import (
@@ -51,6 +52,8 @@ from iotdata.local._wait import Waiting
 __all__ = ["LocalLog"]
 
 _INT64 = 2**63
+#: Most partitions a topic of the embedded log may have (each is an object in memory).
+MAX_PARTITIONS = 10_000
 T = TypeVar("T")
 
 
@@ -122,8 +125,9 @@ class LocalLog:
         if durability not in DURABILITIES:
             raise InvalidInputError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         check_count("segment_bytes", segment_bytes, 1)
+        folder = Path(check_path("path", path))
         log = cls(**options)
-        store = DiskStore.open(Path(path), durability, segment_bytes)
+        store = DiskStore.open(folder, durability, segment_bytes)
         try:
             log._load(store)
         except BaseException:
@@ -138,10 +142,12 @@ class LocalLog:
         self, name: str, partitions: int, *, retention: Retention | None = None
     ) -> int:
         """Create ``name`` with ``partitions`` partitions, or check that it has that many;
-        return the count. Idempotent like :func:`iotdata.kafka.ensure_topics`: an existing
-        topic with another count is refused (InvalidInputError); a ``retention`` given for an
-        existing topic replaces its retention."""
+        return the count (at most 10,000 here). Idempotent like
+        :func:`iotdata.kafka.ensure_topics`: an existing topic with another count is refused
+        (InvalidInputError); a ``retention`` given for an existing topic replaces its
+        retention."""
         TopicSpec(name=name, partitions=partitions)  # Kafka's rules for names and counts
+        check_int("partitions", partitions, maximum=MAX_PARTITIONS)  # each one is an object here
         if retention is not None:
             check_retention(retention)
         with self._lock:
@@ -281,6 +287,8 @@ class LocalLog:
 
     def leave(self, group: str, member_id: str) -> bool:
         """Remove ``member_id`` from ``group`` (a rebalance); False when it was not a member."""
+        check_name("group", group)
+        check_name("member_id", member_id)
         with self._lock:
             self._check_open()
             now = self.monotonic()
@@ -291,6 +299,8 @@ class LocalLog:
     def assignment(self, group: str, member_id: str) -> GroupAssignment:
         """The member's partitions and the group's generation; counts as a heartbeat.
         Raises :class:`~iotdata.local.UnknownMemberError` when it is not a member."""
+        check_name("group", group)
+        check_name("member_id", member_id)
         with self._lock:
             self._check_open()
             now = self.monotonic()
@@ -336,6 +346,7 @@ class LocalLog:
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         """The offset ``group`` committed for the partition, or None."""
+        check_name("group", group)
         with self._lock:
             self._check_open()
             self._partition(topic, partition)
@@ -399,6 +410,7 @@ class LocalLog:
             raise ClosedError("the local log is closed")
 
     def _topic(self, name: str) -> _Topic:
+        check_name("topic", name)
         topic = self._topics.get(name)
         if topic is None:
             raise UnknownTopicError(f"no topic {name!r} in the local log; create_topic() first")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from iotdata._checks import record_key
 from iotdata.errors import ClosedError, DeliveryError, InvalidInputError
 from iotdata.kafka import Delivered, ProducerStats
 from iotdata.local._errors import LogStorageError, UnknownTopicError
@@ -55,9 +56,9 @@ class LocalProducer:
         timestamp_ms: int | None = None,
     ) -> asyncio.Future[Delivered]:
         """Append a record; the returned future (already done) holds where it went."""
-        key_bytes = key.encode() if type(key) is str else key
-        if type(key_bytes) is not bytes or type(value) is not bytes:
-            raise InvalidInputError("key must be str or bytes and value bytes")
+        key_bytes = record_key(key)
+        if type(value) is not bytes:
+            raise InvalidInputError(f"value must be bytes, got {type(value).__name__}")
         self._check_open()
         future: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
         try:

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from iotdata._checks import check_headers as _check_headers
 from iotdata.errors import InvalidInputError
 
 __all__ = [
@@ -64,14 +65,7 @@ def record_size(key: bytes, value: bytes, headers: Headers) -> int:
 
 def check_headers(headers: Sequence[tuple[str, bytes]]) -> Headers:
     """``headers`` as a tuple of ``(str, bytes)`` pairs, or InvalidInputError."""
-    try:
-        pairs = tuple((name, data) for name, data in headers)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"headers must be (str, bytes) pairs, got {headers!r}") from exc
-    for name, data in pairs:
-        if type(name) is not str or type(data) is not bytes:
-            raise InvalidInputError(f"a header must be a (str, bytes) pair, got {(name, data)!r}")
-    return pairs
+    return _check_headers(headers)
 
 
 def _bound(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -30,6 +30,17 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iotdata._checks import (
+    check_bool,
+    check_callable,
+    check_instance,
+    check_int,
+    check_mapping,
+    check_text,
+    check_timeout,
+    optional,
+    validated,
+)
 from iotdata.errors import (
     AuthenticationError,
     ClosedError,
@@ -58,6 +69,27 @@ _LOOP_TIMEOUT = 0.05
 
 
 Handler = Callable[[paho.MQTTMessage], None]
+#: What MqttConnection.start takes besides settings, client_id and subscriptions.
+_OPTIONS = frozenset(
+    {
+        "will",
+        "clean_start",
+        "session_expiry",
+        "max_inflight",
+        "manual_ack",
+        "receive_maximum",
+        "on_connect",
+        "on_disconnect",
+        "backoff",
+    }
+)
+
+
+def _client_id(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    """MQTT client ids are UTF-8 strings of at most 65535 bytes, without NUL."""
+    text = check_text("client_id", value)
+    if "\0" in text or len(text.encode()) > 65535:
+        raise InvalidInputError(f"client_id has no NUL and at most 65535 bytes: {text!r:.60}")
 
 
 @attrs.define
@@ -68,19 +100,31 @@ class MqttConnection:
     after each (re)connection and loss; keep them short.
     """
 
-    settings: MqttSettings
-    client_id: str
-    will: Will | None = None
-    clean_start: bool = True
-    session_expiry: int = 0
-    max_inflight: int = 64
+    settings: MqttSettings = attrs.field(validator=validated(check_instance, kind=MqttSettings))
+    client_id: str = attrs.field(validator=_client_id)
+    will: Will | None = attrs.field(default=None, validator=optional(check_instance, kind=Will))
+    clean_start: bool = attrs.field(default=True, validator=validated(check_bool))
+    #: MQTT 5: seconds the broker keeps the session after a disconnection (0 to 2**32-1).
+    session_expiry: int = attrs.field(
+        default=0, validator=validated(check_int, minimum=0, maximum=2**32 - 1)
+    )
+    #: Outgoing QoS 1 messages awaiting their PUBACK at once (0: no limit of paho's).
+    max_inflight: int = attrs.field(default=64, validator=validated(check_int, minimum=0))
     #: Incoming QoS 1 messages are acknowledged only by :meth:`ack` (paho's manual acks).
-    manual_ack: bool = False
-    #: MQTT 5: unacknowledged incoming messages the broker may send us at once.
-    receive_maximum: int | None = None
-    on_connect: Callable[[], None] | None = None
-    on_disconnect: Callable[[], None] | None = None
-    backoff: tenacity.wait.wait_base = attrs.field(factory=default_backoff)
+    manual_ack: bool = attrs.field(default=False, validator=validated(check_bool))
+    #: MQTT 5: unacknowledged incoming messages the broker may send us at once (1 to 65535).
+    receive_maximum: int | None = attrs.field(
+        default=None, validator=optional(check_int, minimum=1, maximum=65535)
+    )
+    on_connect: Callable[[], None] | None = attrs.field(
+        default=None, validator=validated(check_callable, none=True)
+    )
+    on_disconnect: Callable[[], None] | None = attrs.field(
+        default=None, validator=validated(check_callable, none=True)
+    )
+    backoff: tenacity.wait.wait_base = attrs.field(
+        factory=default_backoff, validator=validated(check_callable)
+    )
     _client: paho.Client | None = attrs.field(default=None, init=False)
     _connected: threading.Event = attrs.field(factory=threading.Event, init=False)
     _closing: threading.Event = attrs.field(factory=threading.Event, init=False)
@@ -121,8 +165,13 @@ class MqttConnection:
         after connecting, possibly before a later :meth:`subscribe` call could register them.
         """
         subscriptions: Mapping[str, Handler] = options.pop("subscriptions", None) or {}
-        for topic_filter in subscriptions:
+        check_mapping("subscriptions", subscriptions)
+        for topic_filter, handler in subscriptions.items():
             split_filter(topic_filter)
+            check_callable(f"the handler of {topic_filter!r}", handler)
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise InvalidInputError(f"unknown MqttConnection option(s) {sorted(unknown)}")
         connection = cls(settings, client_id, **options)
         for topic_filter, handler in subscriptions.items():
             connection._subscriptions[topic_filter] = (1, handler)
@@ -146,7 +195,7 @@ class MqttConnection:
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Block until connected. On timeout raise the last reason it failed, if any."""
-        if self._connected.wait(timeout):
+        if self._connected.wait(check_timeout("timeout", timeout)):
             return
         if self._closing.is_set():
             raise ClosedError("the MQTT connection is closed")
@@ -168,6 +217,7 @@ class MqttConnection:
             raise InvalidInputError(f"qos must be 0 or 1, got {qos!r}")
         if not isinstance(payload, (bytes, bytearray)):
             raise InvalidInputError(f"payload must be bytes, got {type(payload).__name__}")
+        check_bool("retain", retain)
         if self._closing.is_set():
             raise ClosedError("the MQTT connection is closed")
         client = self._client
@@ -222,6 +272,7 @@ class MqttConnection:
         Raises :class:`~iotdata.errors.SubscribeRefusedError` when the broker refused one, or
         granted less than the QoS asked for.
         """
+        timeout = check_timeout("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         self.wait_connected(timeout)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -243,6 +294,7 @@ class MqttConnection:
         Returns False, sending nothing, when the message came on an earlier connection: the
         broker sends it again on this one (with a persistent session).
         """
+        check_int("mid", mid, minimum=0)
         client = self._client
         if client is None or generation != self._generation or not self._connected.is_set():
             return False
@@ -269,13 +321,14 @@ class MqttConnection:
         """Disconnect cleanly (no last will) and stop the network thread. Safe to call twice."""
         if self._closing.is_set():
             return
+        wait = check_timeout("timeout", timeout)
         self._closing.set()
         client = self._client
         if client is not None and self._connected.is_set():
             client.disconnect()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(wait)
 
     def __enter__(self) -> MqttConnection:
         return self
@@ -370,9 +423,11 @@ class MqttConnection:
             if asked is None:
                 self._early_subacks[mid] = codes
                 return
+        # judged before waking wait_subscribed, which would otherwise miss a refusal
+        self._judge_suback(*asked, codes)
+        with self._lock:
             if not self._subscribing:
                 self._subscribed.set()
-        self._judge_suback(*asked, codes)
 
     def _judge_suback(self, topic_filter: str, qos: int, codes: list[int]) -> None:
         """Record a refused (or downgraded) subscription: :meth:`wait_subscribed` raises it."""

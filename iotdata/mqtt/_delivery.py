@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from iotdata._checks import check_bool, check_callable, check_int, check_timeout, validated
+from iotdata.errors import InvalidInputError, WaitTimeoutError
+from iotdata.mqtt._topics import check_topic
+
 if TYPE_CHECKING:
     import tenacity
 
@@ -45,22 +49,45 @@ def refusal_backoff() -> tenacity.wait.wait_base:
 
 
 def backoff_delay(wait: tenacity.wait.wait_base, attempt: int) -> float:
-    """The seconds a tenacity wait policy gives before attempt ``attempt + 1``."""
+    """The seconds a tenacity wait policy gives before attempt ``attempt + 1``.
+
+    Raises:
+        InvalidInputError: ``wait`` is not callable, or ``attempt`` is not an int >= 1.
+    """
     import tenacity  # noqa: PLC0415
 
+    check_callable("wait", wait)
+    check_int("attempt", attempt, minimum=1)
     state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
     state.attempt_number = attempt
     return float(wait(state))
 
 
+def _will_topic(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    check_topic(value)
+
+
+def _payload(_: object, attribute: attrs.Attribute[bytes], value: object) -> None:
+    if not isinstance(value, (bytes, bytearray)):
+        raise InvalidInputError(f"payload must be bytes, got {type(value).__name__}")
+
+
+def _qos(_: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or value not in (0, 1):
+        raise InvalidInputError(f"qos must be 0 or 1, got {value!r:.60}")
+
+
 @attrs.frozen
 class Will:
-    """A message the broker publishes for us if we vanish without saying goodbye."""
+    """A message the broker publishes for us if we vanish without saying goodbye.
 
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
+    ``topic`` is a topic to publish to (no wildcards), ``payload`` bytes, ``qos`` 0 or 1.
+    """
+
+    topic: str = attrs.field(validator=_will_topic)
+    payload: bytes = attrs.field(validator=_payload)
+    qos: int = attrs.field(default=1, validator=_qos)
+    retain: bool = attrs.field(default=True, validator=validated(check_bool))
 
 
 class Delivery:
@@ -87,14 +114,16 @@ class Delivery:
         return self._error
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until delivered; raise the reason if it was not; TimeoutError on timeout."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"message {self.mid} not acknowledged within {timeout} s")
+        """Block until delivered; raise the reason if it was not;
+        :class:`~iotdata.errors.WaitTimeoutError` (a ``TimeoutError``) on timeout."""
+        if not self._done.wait(check_timeout("timeout", timeout)):
+            raise WaitTimeoutError(f"message {self.mid} not acknowledged within {timeout} s")
         if self._error is not None:
             raise self._error
 
     def add_done_callback(self, callback: Callable[[Delivery], None]) -> None:
         """Call ``callback(delivery)`` when done (at once if done), on the network thread."""
+        check_callable("callback", callback)
         if self._done.is_set():
             callback(self)
         else:

@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 import paho.mqtt.client as paho
 
+from iotdata._checks import check_bool, check_callable, check_instance, check_int, check_text
 from iotdata.errors import (
     ClosedError,
     ConnectionLostError,
@@ -147,10 +148,11 @@ class LocalBroker:
         With ``manual_ack``, a QoS 1 message counts as taken only once the subscriber calls
         :meth:`LocalConnection.ack` for it. Raises :class:`~iotdata.ClosedError` once closed.
         """
-        if type(client_id) is not str or not client_id:
-            raise InvalidInputError(f"client_id must be a non-empty string, got {client_id!r}")
-        if will is not None and not isinstance(will, Will):
-            raise InvalidInputError(f"will must be a Will, got {will!r}")
+        check_text("client_id", client_id)
+        check_instance("will", will, Will, none=True)
+        check_callable("on_connect", on_connect, none=True)
+        check_callable("on_disconnect", on_disconnect, none=True)
+        check_bool("manual_ack", manual_ack)
         with self._lock:
             if self._closed:
                 raise ClosedError("the local broker is closed")
@@ -161,7 +163,7 @@ class LocalBroker:
                 self._dispatcher.start()
             previous = self._connections.get(client_id)
             connection = LocalConnection(
-                self, client_id, will, on_connect, on_disconnect, manual_ack=bool(manual_ack)
+                self, client_id, will, on_connect, on_disconnect, manual_ack=manual_ack
             )
             self._connections[client_id] = connection
         if previous is not None:
@@ -179,8 +181,11 @@ class LocalBroker:
         The :class:`Delivery` completes once every subscriber took it (see the module docs).
         """
         check_topic(topic)
-        if qos not in (0, 1):
-            raise InvalidInputError(f"qos must be 0 or 1, got {qos!r}")
+        if type(qos) is not int or qos not in (0, 1):
+            raise InvalidInputError(f"qos must be 0 or 1, got {qos!r:.60}")
+        if not isinstance(payload, (bytes, bytearray)):
+            raise InvalidInputError(f"payload must be bytes, got {type(payload).__name__}")
+        check_bool("retain", retain)
         if len(payload) + len(topic) + 16 > self.max_packet_size:
             raise InvalidInputError(
                 f"a {len(payload)}-byte message exceeds the packet limit of {self.max_packet_size}"
@@ -373,8 +378,8 @@ class LocalConnection:
 
     def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
         key = split_filter(topic_filter)
-        if qos not in (0, 1):
-            raise InvalidInputError(f"qos must be 0 or 1, got {qos!r}")
+        if type(qos) is not int or qos not in (0, 1):
+            raise InvalidInputError(f"qos must be 0 or 1, got {qos!r:.60}")
         if not callable(handler):
             raise InvalidInputError(f"handler must be callable, got {handler!r}")
         with self.broker._lock:
@@ -387,6 +392,7 @@ class LocalConnection:
         Returns False for a message unknown here (acknowledged already, or of a dropped
         connection).
         """
+        check_int("mid", mid, minimum=0)
         with self._lock:
             if mid not in self._unacked:
                 return False

@@ -38,13 +38,13 @@ MAX_TOPIC_BYTES = 65535
 
 def _check_text(kind: str, text: object) -> str:
     if type(text) is not str or not text:
-        raise InvalidInputError(f"an MQTT {kind} must be a non-empty string: {text!r}")
+        raise InvalidInputError(f"an MQTT {kind} must be a non-empty string: {text!r:.60}")
     if "\0" in text or len(text.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
-        raise InvalidInputError(f"an MQTT {kind} has no NUL and at most 65535 bytes: {text!r}")
+        raise InvalidInputError(f"an MQTT {kind} has no NUL and at most 65535 bytes: {text!r:.60}")
     try:
         text.encode()
     except UnicodeEncodeError:
-        raise InvalidInputError(f"an MQTT {kind} must be valid UTF-8: {text!r}") from None
+        raise InvalidInputError(f"an MQTT {kind} must be valid UTF-8: {text!r:.60}") from None
     return text
 
 
@@ -81,12 +81,13 @@ def split_filter(topic_filter: object) -> tuple[str | None, str]:
 def _check_prefix(instance: object, attribute: attrs.Attribute[str], prefix: str) -> None:
     if type(prefix) is not str or not prefix or not _WILDCARDS.isdisjoint(prefix):
         raise InvalidInputError(
-            f"topic prefix must be a non-empty string without + or #: {prefix!r}"
+            f"topic prefix must be a non-empty string without + or #: {prefix!r:.60}"
         )
     if prefix.startswith("$") or prefix.startswith("/") or prefix.endswith("/"):
         raise InvalidInputError(
-            f"topic prefix must not start with $ or / or end with /: {prefix!r}"
+            f"topic prefix must not start with $ or / or end with /: {prefix!r:.60}"
         )
+    _check_text("topic prefix", prefix)
 
 
 def _check_command(name: str) -> str:
@@ -131,6 +132,8 @@ class Topics:
         topic = f"{self.prefix}/+/telemetry"
         if shared_group is None:
             return topic
+        if type(shared_group) is not str:
+            raise InvalidInputError(f"shared_group must be a str or None: {shared_group!r:.60}")
         if not shared_group or not _WILDCARDS.isdisjoint(shared_group) or "/" in shared_group:
             raise InvalidInputError(f"bad shared subscription group {shared_group!r}")
         return f"$share/{shared_group}/{topic}"
@@ -139,7 +142,13 @@ class Topics:
         return f"{self.prefix}/+/state"
 
     def parse(self, topic: str) -> tuple[str, TopicKind, str | None] | None:
-        """``(device_id, kind, command name or None)`` for a topic of this scheme, else None."""
+        """``(device_id, kind, command name or None)`` for a topic of this scheme, else None.
+
+        Raises:
+            InvalidInputError: ``topic`` is not a str.
+        """
+        if type(topic) is not str:
+            raise InvalidInputError(f"an MQTT topic must be a str: {topic!r:.60}")
         head = self.prefix + "/"
         if not topic.startswith(head):
             return None

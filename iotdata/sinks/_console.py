@@ -14,7 +14,9 @@ from typing import Literal, TextIO
 
 import attrs
 
+from iotdata.errors import InvalidInputError
 from iotdata.model import ts_to_datetime
+from iotdata.sinks import _settings as valid
 from iotdata.sinks._errors import SinkFatalError
 from iotdata.sinks._json import dead_letter_json, record_fields
 from iotdata.sinks._records import Alert, DeadLetter, PendingRecords, WindowAggregate
@@ -22,6 +24,11 @@ from iotdata.sinks._retry import RetryPolicy
 from iotdata.sinks._writer import BufferedWriter, Opening
 
 __all__ = ["ConsoleSink", "ConsoleWriter"]
+
+
+def _format(_self: object, _attribute: object, value: object) -> None:
+    if value not in ("text", "json"):
+        raise InvalidInputError(f"format must be 'text' or 'json', not {value!r:.60}")
 
 
 @attrs.frozen(kw_only=True)
@@ -34,10 +41,10 @@ class ConsoleSink:
     standard error at open), as a line each (``kind`` ``dead_letter`` in JSON).
     """
 
-    stream: TextIO | None = None
-    format: Literal["text", "json"] = "text"
-    flush_rows: int = 10_000
-    dead_letter_stream: TextIO | None = None
+    stream: TextIO | None = attrs.field(default=None, validator=valid.stream)
+    format: Literal["text", "json"] = attrs.field(default="text", validator=_format)
+    flush_rows: int = attrs.field(default=10_000, validator=valid.flush_rows)
+    dead_letter_stream: TextIO | None = attrs.field(default=None, validator=valid.stream)
 
     def open(self) -> Opening[ConsoleWriter]:
         """Await the result for a writer, or use it with ``async with``."""
@@ -121,5 +128,5 @@ def _line(document: Mapping[str, object]) -> str:
 def _time(ts: int) -> str:
     try:
         return ts_to_datetime(ts).isoformat().replace("+00:00", "Z")
-    except OverflowError:
+    except InvalidInputError:  # outside the years 1 to 9999
         return f"{ts}us"

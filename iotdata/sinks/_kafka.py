@@ -41,6 +41,7 @@ from iotdata.errors import (
     IotDataError,
 )
 from iotdata.model import Batch
+from iotdata.sinks import _settings as valid
 from iotdata.sinks._errors import SinkError, SinkFatalError, SinkRetriableError
 from iotdata.sinks._json import dead_letter_json, strict_json
 from iotdata.sinks._records import (
@@ -103,6 +104,18 @@ def _topic(_self: object, attribute: attrs.Attribute[Any], value: str | None) ->
         TopicSpec(name=value)
 
 
+def _kafka(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    from iotdata.kafka import ProducerSettings  # noqa: PLC0415 (loaded with the sink)
+    from iotdata.kafka._connect import check_bootstrap  # noqa: PLC0415
+
+    if isinstance(value, str):
+        check_bootstrap(value)
+    elif not isinstance(value, ProducerSettings):
+        raise InvalidInputError(
+            f"kafka must be bootstrap servers (host:port) or ProducerSettings, not {value!r:.60}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class KafkaSink:
     """Records to Kafka topics: ``readings_topic``, ``aggregates_topic``, ``alerts_topic``.
@@ -115,17 +128,19 @@ class KafkaSink:
     ``flush_rows`` bounds the writer's buffer; ``retry`` applies to connecting and flushing.
     """
 
-    kafka: str | ProducerSettings = "127.0.0.1:9092"
+    kafka: str | ProducerSettings = attrs.field(default="127.0.0.1:9092", validator=_kafka)
     readings_topic: str | None = attrs.field(default=None, validator=_topic)
     aggregates_topic: str | None = attrs.field(default=None, validator=_topic)
     alerts_topic: str | None = attrs.field(default=None, validator=_topic)
     dead_letters_topic: str | None = attrs.field(default="iotdata.dlq", validator=_topic)
-    flush_rows: int = 10_000
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    flush_rows: int = attrs.field(default=10_000, validator=valid.flush_rows)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=valid.retry)
 
     def __attrs_post_init__(self) -> None:
         if not self.topics:
-            raise ValueError("KafkaSink needs readings_topic, aggregates_topic or alerts_topic")
+            raise InvalidInputError(
+                "KafkaSink needs readings_topic, aggregates_topic or alerts_topic"
+            )
 
     @property
     def topics(self) -> dict[RecordKind, str]:

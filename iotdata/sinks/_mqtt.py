@@ -21,10 +21,11 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from iotdata._checks import check_instance
 from iotdata.errors import (
     ClosedError,
     ConnectError,
@@ -33,6 +34,7 @@ from iotdata.errors import (
     NoSubscribersError,
 )
 from iotdata.model import validate_device_id
+from iotdata.sinks import _settings as valid
 from iotdata.sinks._errors import SinkError, SinkFatalError, SinkRetriableError
 from iotdata.sinks._json import strict_json
 from iotdata.sinks._records import Alert, PendingRecords, RecordKind, WindowAggregate
@@ -50,9 +52,19 @@ log = logging.getLogger("iotdata.sinks")
 _CONNECTED_POLL = 0.05
 
 
-def _positive(_self: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+def _mqtt(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    from iotdata.mqtt import MqttSettings  # noqa: PLC0415 (loaded with the sink's settings)
+
+    if not isinstance(value, (str, MqttSettings)):
+        raise InvalidInputError(f"mqtt must be a broker URL or MqttSettings, not {value!r:.60}")
+    if isinstance(value, str):
+        MqttSettings.from_url(value)  # refuses what is no MQTT URL now, not at open
+
+
+def _topics(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    from iotdata.mqtt import Topics  # noqa: PLC0415
+
+    check_instance("topics", value, Topics, none=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -73,15 +85,15 @@ class MqttSink:
     not as the broker's reason code says.
     """
 
-    mqtt: str | MqttSettings = "mqtt://127.0.0.1:1883"
-    topics: Topics | None = None
-    aggregates: bool = False
-    client_id: str | None = None
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
-    ack_timeout: float = attrs.field(default=30.0, validator=_positive)
-    flush_rows: int = 10_000
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    require_subscriber: bool = False
+    mqtt: str | MqttSettings = attrs.field(default="mqtt://127.0.0.1:1883", validator=_mqtt)
+    topics: Topics | None = attrs.field(default=None, validator=_topics)
+    aggregates: bool = attrs.field(default=False, validator=valid.flag)
+    client_id: str | None = attrs.field(default=None, validator=valid.text)
+    connect_timeout: float = attrs.field(default=10.0, validator=valid.seconds)
+    ack_timeout: float = attrs.field(default=30.0, validator=valid.seconds)
+    flush_rows: int = attrs.field(default=10_000, validator=valid.flush_rows)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=valid.retry)
+    require_subscriber: bool = attrs.field(default=False, validator=valid.flag)
 
     @property
     def prefix(self) -> str:

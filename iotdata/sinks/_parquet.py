@@ -38,6 +38,9 @@ from urllib.parse import quote
 
 import attrs
 
+from iotdata._checks import check_int, check_path
+from iotdata.errors import InvalidInputError
+from iotdata.sinks import _settings as valid
 from iotdata.sinks._arrow import Arrow, Piece, load_arrow, unique_pieces
 from iotdata.sinks._errors import SinkError, SinkFatalError, SinkRetriableError
 from iotdata.sinks._records import (
@@ -71,8 +74,23 @@ _DICTIONARY_COLUMNS = {
 
 
 def _positive(_self: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+    check_int(attribute.name, value, minimum=1)
+
+
+def _root(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_path("root", value)
+
+
+def _filesystem(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(getattr(value, "create_dir", None)):
+        raise InvalidInputError(
+            f"filesystem must be a pyarrow.fs.FileSystem or None: {value!r:.60}"
+        )
+
+
+def _level(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        check_int("compression_level", value, minimum=-(2**17), maximum=22)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,14 +104,14 @@ class ParquetSink:
     so the size of the files: the cold path wants large ones.
     """
 
-    root: str | os.PathLike[str]
-    filesystem: Any = None
+    root: str | os.PathLike[str] = attrs.field(validator=_root)
+    filesystem: Any = attrs.field(default=None, validator=_filesystem)
     buckets: int = attrs.field(default=8, validator=_positive)
     row_group_rows: int = attrs.field(default=262_144, validator=_positive)
-    compression_level: int | None = None
-    durable: bool = True
-    flush_rows: int = 500_000
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    compression_level: int | None = attrs.field(default=None, validator=_level)
+    durable: bool = attrs.field(default=True, validator=valid.flag)
+    flush_rows: int = attrs.field(default=500_000, validator=valid.flush_rows)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=valid.retry)
 
     def open(self) -> Opening[ParquetWriter]:
         """Load pyarrow and make the root folder; await the result, or use ``async with``."""

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from iotdata._checks import check_bool
+from iotdata.errors import InvalidInputError
+from iotdata.sinks import _settings as valid
 from iotdata.sinks._errors import (
     MissingDependencyError,
     SinkBackpressureError,
@@ -132,6 +135,16 @@ def _import_psycopg() -> ModuleType:
     return psycopg
 
 
+def _dsn(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not str or not value.strip() or "\0" in value:
+        raise InvalidInputError("dsn must be a libpq connection string or URL (not shown here)")
+
+
+def _hypertable(_self: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        check_bool("hypertable", value)
+
+
 @attrs.frozen(kw_only=True)
 class PostgresSink:
     """Readings, aggregates and alerts in PostgreSQL (TimescaleDB hypertables when available).
@@ -149,15 +162,15 @@ class PostgresSink:
     ``retry`` says how long a lost server is retried (also at open).
     """
 
-    dsn: str = attrs.field(repr=False)
-    schema: str | None = None
+    dsn: str = attrs.field(repr=False, validator=_dsn)
+    schema: str | None = attrs.field(default=None, validator=valid.text)
     table_prefix: str = attrs.field(default="", validator=lambda _s, _a, v: check_prefix(v))
-    create_tables: bool = False
-    hypertable: bool | None = None
-    optimistic_insert: bool = True
-    connect_timeout: float = 10.0
-    flush_rows: int = 100_000
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    create_tables: bool = attrs.field(default=False, validator=valid.flag)
+    hypertable: bool | None = attrs.field(default=None, validator=_hypertable)
+    optimistic_insert: bool = attrs.field(default=True, validator=valid.flag)
+    connect_timeout: float = attrs.field(default=10.0, validator=valid.seconds)
+    flush_rows: int = attrs.field(default=100_000, validator=valid.flush_rows)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=valid.retry)
 
     def open(self) -> Opening[PostgresWriter]:
         """Connect (and create tables); await the result, or use it with ``async with``."""

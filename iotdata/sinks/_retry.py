@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import tenacity
 
+from iotdata._checks import check_callable
 from iotdata.errors import IotDataError
 from iotdata.sinks._errors import SinkBackpressureError
 
@@ -44,6 +45,10 @@ class _StopWhen(tenacity.stop.stop_base):
         return self._condition()
 
 
+def _callable(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_callable(attribute.name, value)
+
+
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """How a writer retries retriable failures: full-jitter exponential waits (up to 0.1 s,
@@ -54,9 +59,11 @@ class RetryPolicy:
     to run on virtual time). When the policy gives up, the last error is raised as it is.
     """
 
-    wait: tenacity.wait.wait_base = attrs.field(factory=_default_wait)
-    stop: tenacity.stop.stop_base = attrs.field(factory=_default_stop)
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    wait: tenacity.wait.wait_base = attrs.field(factory=_default_wait, validator=_callable)
+    stop: tenacity.stop.stop_base = attrs.field(factory=_default_stop, validator=_callable)
+    sleep: Callable[[float], Awaitable[None]] = attrs.field(
+        default=asyncio.sleep, validator=_callable
+    )
 
     @classmethod
     def never(cls) -> RetryPolicy:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
+from iotdata.errors import InvalidInputError
 from iotdata.model import Value
 from iotdata.sinks._json import encode_extra, record_json
 from iotdata.sinks._records import Alert, DeadLetter, ReadingColumn, ValueKind, WindowAggregate
@@ -96,9 +97,9 @@ _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def check_prefix(prefix: str) -> str:
-    """``prefix`` if it makes plain SQL table names (``iotdata_``), else ValueError."""
-    if prefix and not _PREFIX.match(prefix):
-        raise ValueError(f"table_prefix must be letters, digits and _, not {prefix!r}")
+    """``prefix`` if it makes plain SQL table names (``iotdata_``), else InvalidInputError."""
+    if type(prefix) is not str or (prefix and not _PREFIX.match(prefix)):
+        raise InvalidInputError(f"table_prefix must be letters, digits and _, not {prefix!r:.60}")
     return prefix
 
 

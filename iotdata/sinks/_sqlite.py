@@ -14,11 +14,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, repeat
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 
+from iotdata._checks import check_sqlite_path
 from iotdata.errors import InvalidInputError
+from iotdata.sinks import _settings as valid
 from iotdata.sinks._errors import (
     SinkBackpressureError,
     SinkError,
@@ -108,6 +110,12 @@ CREATE TABLE IF NOT EXISTS "{p}dead_letters" (
 _TABLES = ("readings", "aggregates", "alerts")
 
 
+def _path(_self: object, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A file path: not empty (SQLite would use a temporary file, lost at close) and not
+    ``":memory:"`` (a database in memory, lost the same way)."""
+    check_sqlite_path("path", value)
+
+
 def _synchronous(_self: object, _attribute: object, value: object) -> None:
     if value not in ("normal", "full"):
         raise InvalidInputError(f"synchronous must be 'normal' or 'full', not {value!r}")
@@ -136,13 +144,13 @@ class SqliteSink:
     lock (seconds). ``flush_rows`` bounds the writer's buffer.
     """
 
-    path: str | os.PathLike[str]
+    path: str | os.PathLike[str] = attrs.field(validator=_path)
     table_prefix: str = attrs.field(default="", validator=lambda _s, _a, v: check_prefix(v))
-    create_tables: bool = True
+    create_tables: bool = attrs.field(default=True, validator=valid.flag)
     synchronous: Literal["normal", "full"] = attrs.field(default="normal", validator=_synchronous)
     busy_timeout: float = attrs.field(default=5.0, validator=_seconds)
     flush_rows: int = attrs.field(default=100_000, validator=_at_least_one)
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=valid.retry)
 
     def open(self) -> Opening[SqliteWriter]:
         """Open (and create) the file; await the result, or use it with ``async with``."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import attrs
 
+from iotdata._checks import check_bool, check_int
 from iotdata.errors import InvalidInputError
 from iotdata.model import MAX_NAME_LENGTH, Batch, Column, Reading, validate_device_id
 from iotdata.sinks._errors import BadRowError
@@ -54,6 +55,14 @@ _KINDS: dict[type, ValueKind] = {
 _RECORD_TYPES = (Batch, Reading, WindowAggregate, Alert, DeadLetter)
 
 
+def _ts(_: object, attribute: attrs.Attribute[int], value: object) -> None:
+    check_int(attribute.name, value, minimum=INT64_MIN, maximum=INT64_MAX)
+
+
+def _flag(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    check_bool(attribute.name, value)
+
+
 @attrs.frozen(kw_only=True)
 class RowLimits:
     """What a sink's columns hold beyond the shared schema (int64 integers, UTF-8 text).
@@ -62,10 +71,16 @@ class RowLimits:
     whether float columns keep NaN, ``allow_nul`` whether text keeps the NUL character.
     """
 
-    ts_min: int = INT64_MIN
-    ts_max: int = INT64_MAX
-    allow_nan: bool = True
-    allow_nul: bool = True
+    ts_min: int = attrs.field(default=INT64_MIN, validator=_ts)
+    ts_max: int = attrs.field(default=INT64_MAX, validator=_ts)
+    allow_nan: bool = attrs.field(default=True, validator=_flag)
+    allow_nul: bool = attrs.field(default=True, validator=_flag)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ts_min > self.ts_max:
+            raise InvalidInputError(
+                f"ts_min ({self.ts_min}) must not exceed ts_max ({self.ts_max})"
+            )
 
 
 def make_chunk(

@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 
 import attrs
 
+from iotdata._checks import check_instance, check_int, check_text
 from iotdata.model import Batch, Reading
 from iotdata.sinks._errors import BadRowError, SinkClosedError, SinkError
 from iotdata.sinks._records import (
@@ -145,9 +146,10 @@ class BufferedWriter(abc.ABC):
         retry: RetryPolicy | None = None,
         limits: RowLimits | None = None,
     ) -> None:
-        if flush_rows < 1:
-            raise ValueError(f"flush_rows must be at least 1, got {flush_rows}")
-        self.name = name
+        check_int("flush_rows", flush_rows, minimum=1)
+        check_instance("retry", retry, RetryPolicy, none=True)
+        check_instance("limits", limits, RowLimits, none=True)
+        self.name = check_text("name", name)
         self._flush_rows = flush_rows
         self._retry = retry if retry is not None else RetryPolicy()
         self._limits = limits if limits is not None else RowLimits()

@@ -490,7 +490,7 @@ class ApproxQuantiles(Aggregation):
     def add(
         self, state: QuantileSketch, values: Sequence[Any], ts: Sequence[int], seq: Sequence[int]
     ) -> QuantileSketch:
-        state.add(values)
+        state._add(values)
         return state
 
     def merge(self, state: QuantileSketch, other: QuantileSketch) -> QuantileSketch:

@@ -24,8 +24,17 @@ import attrs
 import msgpack
 import zstandard
 
+from iotdata._checks import (
+    INT64_MAX,
+    check_instance,
+    check_int,
+    check_path,
+    check_text,
+    each,
+    validated,
+)
 from iotdata.errors import DecodeError, InvalidInputError
-from iotdata.kafka._connect import start_client
+from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._security import KafkaSecurity
 from iotdata.stream._errors import CheckpointTooLargeError
 
@@ -50,10 +59,10 @@ MAX_KAFKA_CHECKPOINT = 8 * 1024 * 1024
 class Checkpoint:
     """Operator state of one source partition, as of ``offset`` (the next record to read)."""
 
-    topic: str
-    partition: int
-    offset: int
-    state: bytes
+    topic: str = attrs.field(validator=validated(check_text))
+    partition: int = attrs.field(validator=validated(check_int, minimum=0))
+    offset: int = attrs.field(validator=validated(check_int, minimum=0, maximum=INT64_MAX))
+    state: bytes = attrs.field(validator=validated(check_instance, kind=bytes))
 
     @property
     def key(self) -> str:
@@ -103,7 +112,37 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             state = zstandard.ZstdDecompressor().decompress(state, max_output_size=MAX_STATE_BYTES)
         except zstandard.ZstdError as exc:
             raise DecodeError(f"malformed checkpoint: {exc}") from None
-    return Checkpoint(topic, partition, offset, state)
+    try:
+        return Checkpoint(topic, partition, offset, state)
+    except InvalidInputError as exc:
+        raise DecodeError(f"malformed checkpoint: {exc}") from None
+
+
+def _folder(folder: object) -> Path:
+    return Path(check_path("folder", folder))
+
+
+def _partitions(partitions: object) -> list[int]:
+    return each("partitions", partitions, check_int, minimum=0)
+
+
+def _checkpoints(checkpoints: object) -> list[Checkpoint]:
+    return each("checkpoints", checkpoints, check_instance, kind=Checkpoint)
+
+
+def _bootstrap(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    check_bootstrap(value)
+
+
+def _kafka_topic(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    from iotdata.kafka import TopicSpec  # noqa: PLC0415 (checks the name as Kafka does)
+
+    TopicSpec(name=value)  # type: ignore[arg-type]
+
+
+def _producer(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not all(callable(getattr(value, m, None)) for m in ("send", "close")):
+        raise InvalidInputError(f"producer must be a PartitionedProducer or None: {value!r:.60}")
 
 
 def _unpack(data: object) -> list[Any]:
@@ -135,11 +174,12 @@ class MemoryCheckpoints:
     _saved: dict[str, Checkpoint] = attrs.Factory(dict)
 
     async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
-        found = (self._saved.get(f"{topic}:{p}") for p in partitions)
+        check_text("topic", topic)
+        found = (self._saved.get(f"{topic}:{p}") for p in _partitions(partitions))
         return {c.partition: c for c in found if c is not None}
 
     async def save(self, checkpoints: Iterable[Checkpoint]) -> None:
-        for checkpoint in checkpoints:
+        for checkpoint in _checkpoints(checkpoints):
             self._saved[checkpoint.key] = checkpoint
 
     async def close(self) -> None:
@@ -150,26 +190,31 @@ class MemoryCheckpoints:
 class FileCheckpoints:
     """One file per partition in ``folder``, replaced atomically (write, fsync, rename)."""
 
-    folder: Path = attrs.field(converter=Path)
+    folder: Path = attrs.field(converter=_folder)
 
     def __attrs_post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot use {self.folder} for checkpoints: {exc}") from exc
 
     def _path(self, topic: str, partition: int) -> Path:
-        if "/" in topic or topic in {".", ".."}:
-            raise InvalidInputError(f"bad topic name {topic!r}")
+        check_text("topic", topic)
+        if "/" in topic or "\0" in topic or topic in {".", ".."} or len(topic.encode()) > 200:
+            raise InvalidInputError(f"bad topic name {topic!r:.60}")
+        check_int("partition", partition, minimum=0)
         return self.folder / f"{topic}-{partition}.checkpoint"
 
     async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
         out = {}
-        for partition in partitions:
+        for partition in _partitions(partitions):
             path = self._path(topic, partition)
             if path.exists():
                 out[partition] = decode_checkpoint(path.read_bytes())
         return out
 
     async def save(self, checkpoints: Iterable[Checkpoint]) -> None:
-        for checkpoint in checkpoints:
+        for checkpoint in _checkpoints(checkpoints):
             path = self._path(checkpoint.topic, checkpoint.partition)
             temporary = path.with_name(path.name + ".tmp")
             with temporary.open("wb") as handle:
@@ -191,11 +236,14 @@ class KafkaCheckpoints:
     Create the topic with :meth:`spec` (``cleanup.policy=compact``) before the first run.
     """
 
-    bootstrap: str
-    topic: str
+    bootstrap: str = attrs.field(validator=_bootstrap)
+    topic: str = attrs.field(validator=_kafka_topic)
     #: TLS, mutual TLS or a SASL login (default: none).
-    security: KafkaSecurity = attrs.field(factory=KafkaSecurity, kw_only=True)
-    _producer: Any = None
+    security: KafkaSecurity = attrs.field(
+        factory=KafkaSecurity, kw_only=True, validator=validated(check_instance, kind=KafkaSecurity)
+    )
+    #: A started :class:`~iotdata.kafka.PartitionedProducer` to save with (None: one of its own).
+    _producer: Any = attrs.field(default=None, validator=_producer)
 
     def spec(self, partitions: int = 1) -> Any:
         from iotdata.kafka import TopicSpec  # noqa: PLC0415
@@ -206,7 +254,8 @@ class KafkaCheckpoints:
     async def load(self, topic: str, partitions: Iterable[int]) -> dict[int, Checkpoint]:
         from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
 
-        wanted = {f"{topic}:{p}" for p in partitions}
+        check_text("topic", topic)
+        wanted = {f"{topic}:{p}" for p in _partitions(partitions)}
         consumer = AIOKafkaConsumer(
             self.topic,
             bootstrap_servers=self.bootstrap,
@@ -256,7 +305,7 @@ class KafkaCheckpoints:
             )
             self._producer = await PartitionedProducer.start(settings)
         futures = []
-        for checkpoint in checkpoints:
+        for checkpoint in _checkpoints(checkpoints):
             data = encode_checkpoint(checkpoint)
             if len(data) > MAX_KAFKA_CHECKPOINT:
                 raise CheckpointTooLargeError(

@@ -19,8 +19,9 @@ from typing import Any, TypeVar, Union
 
 import msgpack
 
+from iotdata._checks import check_iterable, check_text
 from iotdata.errors import InvalidInputError
-from iotdata.model import Column, Value
+from iotdata.model import Batch, Column, Value
 from iotdata.stream._errors import SnapshotError
 
 #: A duration: integer microseconds, or a :class:`datetime.timedelta`.
@@ -60,10 +61,41 @@ def metric_set(metrics: Iterable[str] | None) -> frozenset[str] | None:
         return None
     if isinstance(metrics, str):
         raise InvalidInputError(f"metrics must be a collection of names, not the str {metrics!r}")
-    names = frozenset(metrics)
+    names = check_iterable("metrics", metrics, what="a collection of metric names")
     if not all(type(name) is str for name in names):
-        raise InvalidInputError(f"metrics must hold str only: {metrics!r}")
-    return names
+        raise InvalidInputError(f"metrics must hold str only: {metrics!r:.60}")
+    return frozenset(names)
+
+
+def check_batch(batch: object) -> Batch:
+    """What an operator's ``process`` takes: a :class:`~iotdata.Batch`."""
+    if type(batch) is not Batch:
+        raise InvalidInputError(f"expected an iotdata Batch, got {type(batch).__name__}")
+    return batch
+
+
+def check_partition(partition: object) -> int:
+    """A source partition number: an int >= 0."""
+    if type(partition) is not int or partition < 0:
+        raise InvalidInputError(f"partition must be an int >= 0, got {partition!r:.60}")
+    return partition
+
+
+def check_now(now: object) -> int:
+    """A time on the readings' clock: int microseconds."""
+    if type(now) is not int:
+        raise InvalidInputError(f"now must be an int (microseconds), got {now!r:.60}")
+    return now
+
+
+def partition_numbers(partitions: object) -> list[int]:
+    """An iterable of partition numbers, as a list (for ``forget`` and ``snapshot``)."""
+    return [check_partition(p) for p in check_iterable("partitions", partitions)]
+
+
+def name_of(what: str, value: object) -> str:
+    """An operator's ``name`` (or an alert's severity): a non-empty str."""
+    return check_text(what, value)
 
 
 def choice(what: str, value: object, allowed: Sequence[str]) -> str:
@@ -156,4 +188,4 @@ def unpack_snapshot(
 def partition_list(partitions: Iterable[int] | None, known: Iterable[int]) -> list[int]:
     """The partitions named (those held among them), or every held partition, sorted."""
     held = set(known)
-    return sorted(held if partitions is None else held.intersection(partitions))
+    return sorted(held if partitions is None else held.intersection(partition_numbers(partitions)))

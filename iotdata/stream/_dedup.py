@@ -36,7 +36,16 @@ import msgpack
 
 from iotdata.errors import InvalidInputError
 from iotdata.model import Batch, Column
-from iotdata.stream._common import choice, pack_snapshot, partition_list, unpack_snapshot
+from iotdata.stream._common import (
+    check_batch,
+    check_partition,
+    choice,
+    name_of,
+    pack_snapshot,
+    partition_list,
+    partition_numbers,
+    unpack_snapshot,
+)
 from iotdata.stream._errors import SnapshotError
 
 __all__ = ["Dedup"]
@@ -56,6 +65,10 @@ def _max_devices(value: object) -> int | None:
     if value is not None and (type(value) is not int or value < 1):
         raise InvalidInputError(f"max_devices must be None or an int >= 1: {value!r}")
     return value
+
+
+def _name(value: object) -> str:
+    return name_of("name", value)
 
 
 def _forgotten(value: object) -> str:
@@ -133,11 +146,12 @@ class Dedup:
     max_runs: int = attrs.field(default=1024, converter=_max_runs)
     max_devices: int | None = attrs.field(default=None, kw_only=True, converter=_max_devices)
     forgotten: str = attrs.field(default="pass", kw_only=True, converter=_forgotten)
-    name: str = attrs.field(default="dedup", kw_only=True)
+    name: str = attrs.field(default="dedup", kw_only=True, converter=_name)
     _parts: dict[int, _Partition] = attrs.field(init=False, factory=dict, repr=False)
 
     def process(self, batch: Batch, partition: int = 0) -> list[Batch]:
-        part = self._parts.get(partition)
+        check_batch(batch)
+        part = self._parts.get(check_partition(partition))
         if part is None:
             part = self._parts[partition] = _Partition()
         device = batch.device_id
@@ -220,7 +234,7 @@ class Dedup:
         self._parts.update(parts)
 
     def forget(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
+        for partition in partition_numbers(partitions):
             self._parts.pop(partition, None)
 
     def _load(self, data: list[Any]) -> _Partition:

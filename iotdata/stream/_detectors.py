@@ -31,12 +31,17 @@ from iotdata.errors import InvalidInputError
 from iotdata.model import Batch
 from iotdata.sinks import Alert
 from iotdata.stream._common import (
+    check_batch,
+    check_now,
+    check_partition,
     metric_set,
     micros,
+    name_of,
     numeric_sorted,
     optional_micros,
     pack_snapshot,
     partition_list,
+    partition_numbers,
     unpack_snapshot,
 )
 
@@ -54,6 +59,10 @@ def _number(what: str, value: object, *, positive: bool = False) -> float:
     if positive and number <= 0:
         raise InvalidInputError(f"{what} must be > 0: {value!r}")
     return number
+
+
+def _severity(value: object) -> str:
+    return name_of("severity", value)
 
 
 def _cooldown(value: object) -> int:
@@ -87,15 +96,19 @@ class _Detector:
     _KIND: ClassVar[str] = "detector"
 
     metrics: frozenset[str] | None = attrs.field(default=None, converter=metric_set)
-    severity: str = "warning"
+    severity: str = attrs.field(default="warning", converter=_severity)
     cooldown: int = attrs.field(default=0, converter=_cooldown)
     _parts: dict[int, _Partition] = attrs.field(init=False, factory=dict, repr=False)
 
     name: str
 
+    def __attrs_post_init__(self) -> None:
+        name_of("name", self.name)
+
     def process(self, batch: Batch, partition: int = 0) -> list[Alert]:
         """The alerts the batch's readings raise."""
-        part = self._part(partition)
+        check_batch(batch)
+        part = self._part(check_partition(partition))
         alerts: list[Alert] = []
         device = batch.device_id
         for column in batch.columns:
@@ -118,6 +131,8 @@ class _Detector:
 
     def advance(self, partition: int, now: int) -> list[Alert]:
         """Time-driven alerts up to ``now`` (same clock as ts): none for this detector."""
+        check_partition(partition)
+        check_now(now)
         return []
 
     def _part(self, partition: int) -> _Partition:
@@ -205,7 +220,7 @@ class _Detector:
         self._parts.update(unpack_snapshot(data, self._KIND, self._config(), self._load))
 
     def forget(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
+        for partition in partition_numbers(partitions):
             self._parts.pop(partition, None)
 
     def _key_width(self) -> int:
@@ -237,11 +252,17 @@ class Threshold(_Detector):
     name: str = "threshold"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         if self.above is None and self.below is None:
             raise InvalidInputError("Threshold needs above=, below= or both")
         for what in ("above", "below"):
             if getattr(self, what) is not None:
                 setattr(self, what, _number(what, getattr(self, what)))
+        if self.above is not None and self.below is not None and self.below >= self.above:
+            raise InvalidInputError(
+                f"Threshold below={self.below:g} must be less than above={self.above:g}: the "
+                "normal range lies between them, so every value would alert"
+            )
 
     def _config(self) -> list[Any]:
         return [*super()._config(), self.above, self.below]
@@ -288,6 +309,7 @@ class ZScore(_Detector):
     name: str = "zscore"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         self.alpha = _number("alpha", self.alpha, positive=True)
         self.threshold = _number("threshold", self.threshold, positive=True)
         if self.alpha > 1 or type(self.warmup) is not int or self.warmup < 0:
@@ -343,6 +365,7 @@ class RateOfChange(_Detector):
     name: str = "rate"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         self.max_rate = _number("max_rate", self.max_rate, positive=True)
 
     def _initial(self) -> list[Any]:
@@ -386,7 +409,10 @@ class Flatline(_Detector):
     name: str = "flatline"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         self.epsilon = _number("epsilon", self.epsilon)
+        if self.epsilon < 0:
+            raise InvalidInputError(f"epsilon must be >= 0 (a tolerance): {self.epsilon!r}")
         if self.count is None and self.duration is None:
             raise InvalidInputError("Flatline needs count=, duration= or both")
         if self.count is not None and (type(self.count) is not int or self.count < 2):
@@ -453,7 +479,8 @@ class MissingData(_Detector):
         return [*super()._config(), self.timeout]
 
     def process(self, batch: Batch, partition: int = 0) -> list[Alert]:
-        part = self._part(partition)
+        check_batch(batch)
+        part = self._part(check_partition(partition))
         watched = [c for c in batch.columns if self.metrics is None or c.metric in self.metrics]
         stamps = sorted(chain.from_iterable(c.ts for c in watched))
         part.counts["received"] += len(stamps)
@@ -485,7 +512,8 @@ class MissingData(_Detector):
 
     def advance(self, partition: int, now: int) -> list[Alert]:
         """Alerts for the partition's devices silent for more than ``timeout`` before ``now``."""
-        part = self._parts.get(partition)
+        part = self._parts.get(check_partition(partition))
+        check_now(now)
         if part is None or part.next_due is None or now <= part.next_due:
             return []
         alerts: list[Alert] = []

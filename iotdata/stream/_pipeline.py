@@ -47,12 +47,20 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 import msgpack
 
+from iotdata._checks import check_instance, check_iterable, each, optional
 from iotdata.errors import InvalidInputError
 from iotdata.model import Batch
 from iotdata.sinks import ALL_KINDS, Alert, RecordKind, WindowAggregate
 from iotdata.stream._aggregations import Aggregation
 from iotdata.stream._badrows import BadRows, check_bad_rows
-from iotdata.stream._common import Duration, optional_micros
+from iotdata.stream._common import (
+    Duration,
+    check_batch,
+    check_now,
+    check_partition,
+    name_of,
+    optional_micros,
+)
 from iotdata.stream._dedup import Dedup
 from iotdata.stream._errors import SnapshotError, StreamOperatorError
 from iotdata.stream._steps import BatchStep, Chain, Filter, FlatMap, Map
@@ -112,12 +120,10 @@ def _kinds(value: Iterable[str] | None) -> frozenset[RecordKind] | None:
         return None
     if isinstance(value, str):
         value = (value,)
-    kinds = frozenset(value)
-    if not kinds or not kinds <= ALL_KINDS:
-        raise InvalidInputError(
-            f"kinds must be some of {sorted(ALL_KINDS)}, not {sorted(kinds) or 'none'}"
-        )
-    return kinds  # type: ignore[return-value]
+    items = check_iterable("kinds", value)
+    if not items or not all(type(k) is str and k in ALL_KINDS for k in items):
+        raise InvalidInputError(f"kinds must be some of {sorted(ALL_KINDS)}, not {value!r:.60}")
+    return frozenset(items)
 
 
 @attrs.frozen
@@ -138,6 +144,7 @@ class Route:
     dead_letters: Any = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
+        _check_sink(self.sink)
         if self.dead_letters is None:
             return
         if self.bad_rows != "dead-letter":
@@ -158,6 +165,26 @@ def _check_step(step: object) -> BatchStep:
     return step
 
 
+def _name(value: object) -> str:
+    return name_of("name", value)
+
+
+def _steps(value: object) -> tuple[BatchStep, ...]:
+    return tuple(_check_step(step) for step in check_iterable("steps", value))
+
+
+def _detectors(value: object) -> tuple[Detector, ...]:
+    detectors = tuple(check_iterable("detectors", value))
+    for detector in detectors:
+        if not isinstance(detector, Detector):
+            raise InvalidInputError(f"not a detector: {detector!r:.60}")
+    return detectors
+
+
+def _routes(value: object) -> tuple[Route, ...]:
+    return tuple(each("routes", value, check_instance, kind=Route))
+
+
 def _check_sink(sink: object, what: str = "a sink") -> object:
     writer = callable(getattr(sink, "write", None)) and callable(getattr(sink, "flush", None))
     if not writer and not callable(getattr(sink, "open", None)):
@@ -170,15 +197,17 @@ class Pipeline:
     """Steps, a window, detectors and routes (see the module docstring). Immutable: every
     method returns a new pipeline, so one value can build many workers."""
 
-    name: str = "pipeline"
+    name: str = attrs.field(default="pipeline", converter=_name)
     #: Wall-clock time a partition must be quiet before its event clock runs on (see the
     #: module docstring); the default ``idle_timeout`` of :meth:`window`. None: never.
     idle_timeout: int | None = attrs.field(default=None, kw_only=True, converter=_idle)
-    steps: tuple[BatchStep, ...] = attrs.field(default=(), kw_only=True)
-    window_operator: WindowOperator | None = attrs.field(default=None, kw_only=True)
-    detectors: tuple[Detector, ...] = attrs.field(default=(), kw_only=True)
-    routes: tuple[Route, ...] = attrs.field(default=(), kw_only=True)
-    late_routes: tuple[Route, ...] = attrs.field(default=(), kw_only=True)
+    steps: tuple[BatchStep, ...] = attrs.field(default=(), kw_only=True, converter=_steps)
+    window_operator: WindowOperator | None = attrs.field(
+        default=None, kw_only=True, validator=optional(check_instance, kind=WindowOperator)
+    )
+    detectors: tuple[Detector, ...] = attrs.field(default=(), kw_only=True, converter=_detectors)
+    routes: tuple[Route, ...] = attrs.field(default=(), kw_only=True, converter=_routes)
+    late_routes: tuple[Route, ...] = attrs.field(default=(), kw_only=True, converter=_routes)
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -350,6 +379,7 @@ class PipelineProcessor:
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
+        check_instance("pipeline", pipeline, Pipeline)
         steps, window, detectors = copy.deepcopy(
             (pipeline.steps, pipeline.window_operator, pipeline.detectors)
         )
@@ -369,6 +399,8 @@ class PipelineProcessor:
 
     def process(self, batch: Batch, partition: int = 0) -> Emitted:
         """Everything one batch of ``partition`` causes."""
+        check_batch(batch)
+        check_partition(partition)
         batches = self._chain.process(batch, partition) if self._has_steps else [batch]
         if not batches:
             return NOTHING
@@ -408,6 +440,8 @@ class PipelineProcessor:
     def tick(self, partition: int, now: int) -> Emitted:
         """Time-driven outputs of ``partition`` at wall-clock ``now`` (microseconds): windows
         closed by idle advance, and detector alerts on the event clock."""
+        check_partition(partition)
+        check_now(now)
         aggregates: tuple[WindowAggregate, ...] = ()
         if self._window is not None:
             aggregates = self._window.advance(partition, now).results
@@ -425,6 +459,7 @@ class PipelineProcessor:
 
     def flush(self, partition: int) -> Emitted:
         """Close every open window of ``partition`` (the end of a bounded input)."""
+        check_partition(partition)
         if self._window is None:
             return NOTHING
         results = self._window.flush([partition]).results
@@ -434,7 +469,7 @@ class PipelineProcessor:
 
     def snapshot(self, partition: int) -> bytes:
         """The state of ``partition``: every operator's snapshot and the event clock."""
-        only = [partition]
+        only = [check_partition(partition)]
         window = None if self._window is None else self._window.snapshot(only)
         body = [
             _STATE_FORMAT,
@@ -468,11 +503,13 @@ class PipelineProcessor:
         for detector, (_, state) in zip(self._detectors, detectors, strict=True):
             detector.restore(state)
         if clock is not None:
-            self._clocks[partition] = list(clock)
+            if type(clock) is not list or len(clock) != 3:
+                raise SnapshotError(f"malformed event clock in the snapshot: {clock!r:.60}")
+            self._clocks[partition] = clock
 
     def forget(self, partition: int) -> None:
         """Drop the state of ``partition`` (revoked in a rebalance)."""
-        only = [partition]
+        only = [check_partition(partition)]
         self._chain.forget(only)
         if self._window is not None:
             self._window.forget(only)

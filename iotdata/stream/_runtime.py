@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from iotdata._checks import check_callable, check_instance, each, validated
 from iotdata.codec import Decoder, Limits
 from iotdata.errors import DecodeError, InvalidInputError, IotDataError
 from iotdata.model import Batch
@@ -98,6 +99,43 @@ def check_until(until: object) -> Callable[[WorkerStats], bool] | None:
     if until is not None and not callable(until):
         raise InvalidInputError(f"until must be a function of the statistics, not {until!r}")
     return until
+
+
+def _has(what: str, value: object, methods: tuple[str, ...]) -> None:
+    missing = [m for m in methods if not callable(getattr(value, m, None))]
+    if missing:
+        raise InvalidInputError(
+            f"{what} needs {', '.join(m + '()' for m in methods)}: {value!r:.60} has no "
+            f"{', '.join(missing)}"
+        )
+
+
+def check_source(source: object) -> None:
+    """A source: ``start``, ``poll``, ``seek``, ``commit`` and ``close``, and a ``topic``."""
+    _has("source", source, ("start", "poll", "seek", "commit", "close"))
+    if type(getattr(source, "topic", None)) is not str:
+        raise InvalidInputError(f"source needs a str topic: {source!r:.60}")
+
+
+def check_store(checkpoints: object) -> None:
+    """A checkpoint store: ``load``, ``save`` and ``close``."""
+    _has("checkpoints", checkpoints, ("load", "save", "close"))
+
+
+def _source(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_source(value)
+
+
+def _processor(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _has("processor", value, ("process", "tick", "flush", "snapshot", "restore", "forget"))
+
+
+def _store(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_store(value)
+
+
+def _route_list(value: object) -> tuple[Route, ...]:
+    return tuple(each("routes", value, check_instance, kind=Route))
 
 
 class Processor(Protocol):
@@ -200,20 +238,24 @@ class Worker:
     this for you.
     """
 
-    source: Source
-    processor: Processor
-    routes: Sequence[Route]
-    checkpoints: CheckpointStore
-    late: Sequence[Route] = ()
+    source: Source = attrs.field(validator=_source)
+    processor: Processor = attrs.field(validator=_processor)
+    routes: Sequence[Route] = attrs.field(converter=_route_list)
+    checkpoints: CheckpointStore = attrs.field(validator=_store)
+    late: Sequence[Route] = attrs.field(default=(), converter=_route_list)
     checkpoint_interval: float = attrs.field(
         default=5.0, kw_only=True, converter=_checkpoint_interval
     )
     tick_interval: float = attrs.field(default=1.0, kw_only=True, converter=_tick_interval)
     max_records: int = attrs.field(default=500, kw_only=True, converter=check_max_records)
-    limits: Limits = attrs.field(factory=Limits, kw_only=True)
+    limits: Limits = attrs.field(
+        factory=Limits, kw_only=True, validator=validated(check_instance, kind=Limits)
+    )
     #: Wall clock in microseconds (idle advance, missing data).
     clock: Callable[[], int] = attrs.field(
-        default=attrs.Factory(lambda: lambda: time.time_ns() // 1000), kw_only=True
+        default=attrs.Factory(lambda: lambda: time.time_ns() // 1000),
+        kw_only=True,
+        validator=validated(check_callable),
     )
     #: Close every open window before the last checkpoint (a bounded input).
     flush_at_end: bool = attrs.field(default=False, kw_only=True, converter=_flush_at_end)
@@ -542,6 +584,9 @@ async def run_pipeline(
     max_records: int = 500,
 ) -> WorkerStats:
     """What :meth:`Pipeline.run <iotdata.stream.Pipeline.run>` does."""
+    check_source(source)
+    if checkpoints is not None:
+        check_store(checkpoints)
     checkpoint_interval = _checkpoint_interval(checkpoint_interval)
     flush_at_end = _flush_at_end(flush_at_end)
     max_records = check_max_records(max_records)

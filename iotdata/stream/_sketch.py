@@ -27,9 +27,19 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from iotdata._checks import check_instance, check_int, check_iterable
 from iotdata.errors import InvalidInputError
 
 __all__ = ["QuantileSketch"]
+
+
+_NUMBERS = frozenset((int, float))
+
+
+def _check_k(k: object) -> int:
+    if type(k) is not int or k < 8 or k % 2:
+        raise InvalidInputError(f"sketch size k must be an even int >= 8: {k!r:.60}")
+    return k
 
 
 class QuantileSketch:
@@ -38,9 +48,7 @@ class QuantileSketch:
     __slots__ = ("_error", "_k", "_levels", "_n", "_parity")
 
     def __init__(self, k: int = 256) -> None:
-        if type(k) is not int or k < 8 or k % 2:
-            raise InvalidInputError(f"sketch size k must be an even int >= 8: {k!r}")
-        self._k = k
+        self._k = _check_k(k)
         self._n = 0
         self._error = 0
         self._levels: list[list[float]] = [[]]
@@ -64,13 +72,23 @@ class QuantileSketch:
     @staticmethod
     def worst_case_error(n: int, k: int) -> float:
         """The bound ``n * L / (k - 1)`` on :attr:`error_bound` for ``n`` readings."""
+        check_int("n", n, minimum=0)
+        _check_k(k)
         if n < k:
             return 0.0
         levels = math.floor(math.log2(n / k)) + 1
         return n * levels / (k - 1)
 
     def add(self, values: Iterable[float]) -> None:
-        """Add numbers (NaN skipped)."""
+        """Add numbers (ints and floats; NaN skipped). Raises :class:`InvalidInputError` for
+        anything else."""
+        numbers = check_iterable("values", values)
+        if not _NUMBERS.issuperset(map(type, numbers)):
+            raise InvalidInputError(f"a sketch takes int and float values: {values!r:.60}")
+        self._add(numbers)
+
+    def _add(self, values: Iterable[float]) -> None:
+        """:meth:`add` for values known to be numbers (a window's)."""
         level = self._levels[0]
         before = len(level)
         level.extend(v for v in values if v == v)  # noqa: PLR0124 (not NaN)
@@ -80,6 +98,7 @@ class QuantileSketch:
 
     def merge(self, other: QuantileSketch) -> None:
         """Add everything ``other`` summarizes (same ``k``); ``other`` is left unchanged."""
+        check_instance("other", other, QuantileSketch)
         if other._k != self._k:
             raise InvalidInputError(f"cannot merge sketches of k={self._k} and k={other._k}")
         for height, level in enumerate(other._levels):
@@ -93,8 +112,8 @@ class QuantileSketch:
 
     def quantile(self, q: float) -> float | None:
         """The smallest summarized value whose estimated rank reaches ``q * n`` (None if empty)."""
-        if not 0.0 <= q <= 1.0:
-            raise InvalidInputError(f"quantile must lie in [0, 1]: {q!r}")
+        if type(q) not in (int, float) or not 0.0 <= q <= 1.0:
+            raise InvalidInputError(f"quantile must lie in [0, 1]: {q!r:.60}")
         weighted = sorted(
             (value, 1 << height) for height, level in enumerate(self._levels) for value in level
         )
@@ -132,11 +151,23 @@ class QuantileSketch:
 
     @classmethod
     def from_state(cls, state: list[Any]) -> QuantileSketch:
+        """The sketch :meth:`to_state` described; :class:`InvalidInputError` for anything else."""
+        if type(state) not in (list, tuple) or len(state) != 5:
+            raise InvalidInputError(
+                f"a sketch state is [k, n, error, parity, levels]: {state!r:.60}"
+            )
         k, n, error, parity, levels = state
         sketch = cls(k)
+        check_int("n", n, minimum=0)
+        check_int("error", error, minimum=0)
+        if type(parity) is not list or type(levels) is not list:
+            raise InvalidInputError("sketch parity and levels must be lists")
         if len(parity) != len(levels) or not levels:
-            raise ValueError("sketch levels and parities differ in length")
-        sketch._n, sketch._error = int(n), int(error)
-        sketch._parity = [int(p) & 1 for p in parity]
+            raise InvalidInputError("sketch levels and parities differ in length")
+        for level in levels:
+            if type(level) is not list or not _NUMBERS.issuperset(map(type, level)):
+                raise InvalidInputError("sketch levels must be lists of numbers")
+        sketch._n, sketch._error = n, error
+        sketch._parity = [check_int("parity", p, minimum=0, maximum=1) for p in parity]
         sketch._levels = [list(level) for level in levels]
         return sketch

@@ -28,6 +28,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from iotdata._aio import wait_done
+from iotdata._checks import (
+    check_instance,
+    check_int,
+    check_iterable,
+    check_mapping,
+    check_seconds,
+    check_text,
+    check_timeout,
+    validated,
+)
 from iotdata.errors import ClosedError, InvalidInputError
 from iotdata.kafka._connect import check_bootstrap, start_client
 from iotdata.kafka._security import KafkaSecurity
@@ -48,6 +58,42 @@ if TYPE_CHECKING:
 __all__ = ["KafkaSource", "LocalSource", "MemorySource", "MqttSource"]
 
 
+#: Most partitions a MemorySource spreads its items over (as the embedded log allows).
+_MAX_PARTITIONS = 10_000
+
+
+def check_poll(timeout: object, max_records: object) -> float:
+    """A poll's arguments: ``timeout`` in seconds (finite, >= 0), ``max_records`` an int >= 1."""
+    check_int("max_records", max_records, minimum=1)
+    return check_seconds("timeout", timeout)
+
+
+def check_listener(listener: object) -> None:
+    """What a source tells of its assignments: ``assigned`` and ``revoked`` coroutines."""
+    if not all(callable(getattr(listener, m, None)) for m in ("assigned", "revoked")):
+        raise InvalidInputError(
+            f"listener needs async assigned(partitions) and revoked(partitions): {listener!r:.60}"
+        )
+
+
+def _log(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    from iotdata.local import LocalLog  # noqa: PLC0415 (the embedded log, a layer above)
+
+    check_instance("log", value, LocalLog)
+
+
+def _mqtt_settings(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    from iotdata.mqtt import MqttSettings  # noqa: PLC0415
+
+    check_instance("settings", value, MqttSettings)
+
+
+def _topics(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    from iotdata.mqtt import Topics  # noqa: PLC0415
+
+    check_instance("topics", value, Topics, none=True)
+
+
 def _key(raw: object) -> str | None:
     if isinstance(raw, bytes):
         try:
@@ -61,16 +107,17 @@ def _key(raw: object) -> str | None:
 class _ConsumerSource:
     """A source over an aiokafka-shaped consumer (aiokafka's, or the embedded log's)."""
 
-    topic: str
+    topic: str = attrs.field(validator=validated(check_text))
     _consumer: Any = attrs.field(default=None, init=False)
 
     def _partition(self, partition: int) -> Any:
         raise NotImplementedError
 
     async def poll(self, timeout: float, max_records: int) -> list[SourceRecord]:
-        batches = await self._consumer.getmany(
-            timeout_ms=int(timeout * 1000), max_records=max_records
-        )
+        wait = check_poll(timeout, max_records)
+        if self._consumer is None:
+            raise ClosedError(f"the source of {self.topic!r} is not started, or closed")
+        batches = await self._consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
         return [
             SourceRecord(
                 record.topic,
@@ -85,6 +132,8 @@ class _ConsumerSource:
         ]
 
     def seek(self, partition: int, offset: int) -> None:
+        check_int("partition", partition, minimum=0)
+        check_int("offset", offset, minimum=0)
         self._consumer.seek(self._partition(partition), offset)
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
@@ -109,14 +158,22 @@ class KafkaSource(_ConsumerSource):
     """
 
     bootstrap: str = attrs.field(kw_only=True, validator=lambda _, __, v: check_bootstrap(v))
-    group: str = attrs.field(kw_only=True)
-    client_id: str = attrs.field(default="iotdata-stream", kw_only=True)
+    group: str = attrs.field(kw_only=True, validator=validated(check_text))
+    client_id: str = attrs.field(
+        default="iotdata-stream", kw_only=True, validator=validated(check_text)
+    )
     #: Seconds without a heartbeat before the group gives this member's partitions away.
-    session_timeout: float = attrs.field(default=10.0, kw_only=True)
+    session_timeout: float = attrs.field(
+        default=10.0, kw_only=True, validator=validated(check_seconds, zero=False)
+    )
     #: Longest pause between two polls before the member is considered stuck.
-    max_poll_interval: float = attrs.field(default=300.0, kw_only=True)
+    max_poll_interval: float = attrs.field(
+        default=300.0, kw_only=True, validator=validated(check_seconds, zero=False)
+    )
     #: TLS, mutual TLS or a SASL login (default: none); the checkpoint topic uses it too.
-    security: KafkaSecurity = attrs.field(factory=KafkaSecurity, kw_only=True)
+    security: KafkaSecurity = attrs.field(
+        factory=KafkaSecurity, kw_only=True, validator=validated(check_instance, kind=KafkaSecurity)
+    )
 
     def _partition(self, partition: int) -> Any:
         from aiokafka import TopicPartition  # noqa: PLC0415
@@ -167,9 +224,13 @@ class LocalSource(_ConsumerSource):
     folder, and the log's memory for an in-memory log.
     """
 
-    log: Any = attrs.field(kw_only=True)
-    group: str = attrs.field(kw_only=True)
-    member_id: str = attrs.field(factory=lambda: f"stream-{uuid.uuid4().hex[:12]}", kw_only=True)
+    log: Any = attrs.field(kw_only=True, validator=_log)
+    group: str = attrs.field(kw_only=True, validator=validated(check_text))
+    member_id: str = attrs.field(
+        factory=lambda: f"stream-{uuid.uuid4().hex[:12]}",
+        kw_only=True,
+        validator=validated(check_text),
+    )
 
     def _partition(self, partition: int) -> Any:
         from iotdata.local import TopicPartition  # noqa: PLC0415
@@ -179,6 +240,7 @@ class LocalSource(_ConsumerSource):
     async def start(self, listener: Listener) -> None:
         from iotdata.local import LocalConsumer  # noqa: PLC0415
 
+        check_listener(listener)
         self._consumer = LocalConsumer(
             self.log, self.group, [self.topic], self.member_id, listener=_Forward(listener)
         )
@@ -227,12 +289,17 @@ class MqttSource:
     half of them wait, so that the broker never stops sending for want of acknowledgements.
     """
 
-    settings: MqttSettings
-    client_id: str = attrs.field(kw_only=True)
-    topics: Topics | None = attrs.field(default=None, kw_only=True)
+    settings: MqttSettings = attrs.field(validator=_mqtt_settings)
+    client_id: str = attrs.field(kw_only=True, validator=validated(check_text))
+    topics: Topics | None = attrs.field(default=None, kw_only=True, validator=_topics)
     #: Seconds the broker keeps the session (and queues messages) while the worker is away.
-    session_expiry: int = attrs.field(default=3600, kw_only=True)
-    max_in_flight: int = attrs.field(default=1000, kw_only=True)
+    session_expiry: int = attrs.field(
+        default=3600, kw_only=True, validator=validated(check_int, minimum=0, maximum=2**32 - 1)
+    )
+    #: Messages the broker may send before we acknowledge (MQTT 5 receive maximum).
+    max_in_flight: int = attrs.field(
+        default=1000, kw_only=True, validator=validated(check_int, minimum=1, maximum=65535)
+    )
     #: Repeats after a restart reach the pipeline: it must start with a dedup step.
     redelivers: ClassVar[bool] = True
     _topics: Topics | None = attrs.field(default=None, init=False)
@@ -254,9 +321,13 @@ class MqttSource:
 
     @classmethod
     def from_url(cls, url: str, *, client_id: str, **options: Any) -> MqttSource:
-        """``MqttSource.from_url("mqtt://127.0.0.1:1883", client_id="stream-1")``."""
+        """``MqttSource.from_url("mqtt://127.0.0.1:1883", client_id="stream-1")``; ``options``
+        are ``topics``, ``session_expiry`` and ``max_in_flight``."""
         from iotdata.mqtt import MqttSettings  # noqa: PLC0415
 
+        unknown = set(options) - {"topics", "session_expiry", "max_in_flight"}
+        if unknown:
+            raise InvalidInputError(f"unknown MqttSource option(s) {sorted(unknown)}")
         return cls(MqttSettings.from_url(url), client_id=client_id, **options)
 
     @property
@@ -267,6 +338,7 @@ class MqttSource:
     async def start(self, listener: Listener) -> None:
         from iotdata.mqtt import MqttConnection, Topics  # noqa: PLC0415
 
+        check_listener(listener)
         await listener.assigned({0})
         self._loop = asyncio.get_running_loop()
         topics = self.topics or Topics()
@@ -285,10 +357,11 @@ class MqttSource:
     async def ready(self, timeout: float = 30.0) -> None:
         """Wait until the broker acknowledged the subscription: from then on it keeps the
         devices' messages for this session, whether the worker is up or not."""
-        await asyncio.to_thread(self._started.wait, timeout)
+        wait = check_timeout("timeout", timeout)
+        await asyncio.to_thread(self._started.wait, wait)
         if self._connection is None:
             raise ClosedError("the MQTT source is not started, or closed")
-        await asyncio.to_thread(self._connection.wait_subscribed, timeout)
+        await asyncio.to_thread(self._connection.wait_subscribed, wait)
 
     def _arrive(self, message: paho.MQTTMessage) -> None:
         """On the MQTT network thread: hand the message to the event loop, in order."""
@@ -307,6 +380,7 @@ class MqttSource:
             self._arrived.set_result(None)
 
     async def poll(self, timeout: float, max_records: int) -> list[SourceRecord]:
+        timeout = check_poll(timeout, max_records)
         inbox = self._inbox
         if not inbox:
             self._arrived = asyncio.get_running_loop().create_future()
@@ -368,16 +442,20 @@ class MemorySource:
     def __attrs_post_init__(self) -> None:
         from iotdata.kafka import Partitioner  # noqa: PLC0415
 
-        if type(self.partitions) is not int or self.partitions < 1:
-            raise InvalidInputError(f"partitions must be an int >= 1: {self.partitions!r}")
+        check_int("partitions", self.partitions, minimum=1, maximum=_MAX_PARTITIONS)
+        check_text("topic", self.topic)
         partitioner = Partitioner()
         counts = [0] * self.partitions
-        for item in self.items:
+        for item in check_iterable("items", self.items):
             batch: Any
             if isinstance(item, Batch):
                 partition = partitioner.partition(item.device_id.encode(), self.partitions)
                 batch = item
             else:
+                if not isinstance(item, (tuple, list)) or len(item) != 2:
+                    raise InvalidInputError(
+                        f"MemorySource takes batches or (partition, batch) pairs: {item!r:.60}"
+                    )
                 partition, batch = item
                 if type(partition) is not int or not 0 <= partition < self.partitions:
                     raise InvalidInputError(f"no partition {partition!r} of {self.partitions}")
@@ -393,9 +471,11 @@ class MemorySource:
         return self._cursor >= len(self._records)
 
     async def start(self, listener: Listener) -> None:
+        check_listener(listener)
         await listener.assigned(set(range(self.partitions)))
 
     async def poll(self, timeout: float, max_records: int) -> list[SourceRecord]:
+        check_poll(timeout, max_records)
         start = self._cursor
         self._cursor = min(len(self._records), start + max_records)
         return self._records[start : self._cursor]
@@ -404,7 +484,7 @@ class MemorySource:
         """Nothing to do: the worker skips what its checkpoint already holds."""
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
-        self.committed.update(offsets)
+        self.committed.update(check_mapping("offsets", offsets))
 
     async def close(self) -> None:
         return None

@@ -21,9 +21,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from iotdata._checks import check_callable
 from iotdata.errors import InvalidInputError
 from iotdata.model import Batch, Reading
-from iotdata.stream._common import choice, pack_snapshot, trusted_column, unpack_snapshot
+from iotdata.stream._common import (
+    check_batch,
+    check_partition,
+    choice,
+    name_of,
+    pack_snapshot,
+    partition_numbers,
+    trusted_column,
+    unpack_snapshot,
+)
 from iotdata.stream._errors import SnapshotError, StreamOperatorError
 
 __all__ = ["BatchStep", "Chain", "Filter", "FlatMap", "Map", "Stateful"]
@@ -57,6 +67,14 @@ def _per(value: object) -> str:
     return choice("per", value, _PER)
 
 
+def _name(value: object) -> str:
+    return name_of("name", value)
+
+
+def _function(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_callable(attribute.name, value)
+
+
 def _readings(batch: Batch) -> Iterable[Reading]:
     return iter(batch)
 
@@ -76,11 +94,12 @@ class Filter:
     """Keep the batches (``per="batch"``) or readings (``per="reading"``) for which
     ``predicate`` is true. Kept readings stay in their columns, in order."""
 
-    predicate: Callable[[Any], object]
+    predicate: Callable[[Any], object] = attrs.field(validator=_function)
     per: str = attrs.field(default="reading", kw_only=True, converter=_per)
-    name: str = attrs.field(default="filter", kw_only=True)
+    name: str = attrs.field(default="filter", kw_only=True, converter=_name)
 
     def process(self, batch: Batch, partition: int = 0) -> list[Batch]:
+        check_batch(batch)
         if self.per == "batch":
             return [batch] if self.predicate(batch) else []
         predicate = self.predicate
@@ -116,11 +135,12 @@ class Map:
     """Replace each batch by ``function(batch)`` (a Batch), or each reading by
     ``function(reading)`` (a Reading, possibly of another device or metric)."""
 
-    function: Callable[[Any], Any]
+    function: Callable[[Any], Any] = attrs.field(validator=_function)
     per: str = attrs.field(default="reading", kw_only=True, converter=_per)
-    name: str = attrs.field(default="map", kw_only=True)
+    name: str = attrs.field(default="map", kw_only=True, converter=_name)
 
     def process(self, batch: Batch, partition: int = 0) -> list[Batch]:
+        check_batch(batch)
         if self.per == "reading":
             return _regroup(map(self.function, _readings(batch)))
         out = self.function(batch)
@@ -134,11 +154,12 @@ class FlatMap:
     """Replace each batch by the batches ``function(batch)`` returns, or each reading by the
     readings ``function(reading)`` returns (any number, none included)."""
 
-    function: Callable[[Any], Iterable[Any]]
+    function: Callable[[Any], Iterable[Any]] = attrs.field(validator=_function)
     per: str = attrs.field(default="reading", kw_only=True, converter=_per)
-    name: str = attrs.field(default="flat_map", kw_only=True)
+    name: str = attrs.field(default="flat_map", kw_only=True, converter=_name)
 
     def process(self, batch: Batch, partition: int = 0) -> list[Batch]:
+        check_batch(batch)
         if self.per == "reading":
             return _regroup(r for reading in _readings(batch) for r in self.function(reading))
         out = list(self.function(batch))
@@ -157,14 +178,16 @@ class Chain:
     def __init__(self, *steps: BatchStep, name: str = "chain") -> None:
         for step in steps:
             if not isinstance(step, BatchStep):
-                raise InvalidInputError(f"a chain step needs name and process(): {step!r}")
+                raise InvalidInputError(f"a chain step needs name and process(): {step!r:.60}")
         self.steps = steps
-        self.name = name
+        self.name = _name(name)
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(step.name for step in self.steps)})"
 
     def process(self, batch: Batch, partition: int = 0) -> list[Batch]:
+        check_batch(batch)
+        check_partition(partition)
         batches = [batch]
         for index, step in enumerate(self.steps):
             out: list[Batch] = []
@@ -191,7 +214,7 @@ class Chain:
         return [step.name for step in self.steps]
 
     def snapshot(self, partitions: Iterable[int] | None = None) -> bytes:
-        chosen = None if partitions is None else list(partitions)
+        chosen = None if partitions is None else partition_numbers(partitions)
         entries = [(i, step.snapshot(chosen)) for i, step in self._stateful()]
         return pack_snapshot("chain", self._config(), entries)
 
@@ -204,7 +227,7 @@ class Chain:
             steps[index].restore(entry)
 
     def forget(self, partitions: Iterable[int]) -> None:
-        chosen = list(partitions)
+        chosen = partition_numbers(partitions)
         for _, step in self._stateful():
             step.forget(chosen)
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import attrs
 
+from iotdata._checks import check_iterable
 from iotdata.errors import InvalidInputError
 from iotdata.model import Batch, Column
 from iotdata.sinks import WindowAggregate
@@ -60,12 +61,17 @@ from iotdata.stream._aggregations import (
 )
 from iotdata.stream._common import (
     FAR_PAST,
+    check_batch,
+    check_now,
+    check_partition,
     choice,
     micros,
+    name_of,
     numeric_sorted,
     optional_micros,
     pack_snapshot,
     partition_list,
+    partition_numbers,
     split_at,
     trusted_column,
     unpack_snapshot,
@@ -152,7 +158,7 @@ def _fast_sum(count: int, low: Any, high: Any, special: float, partials: list[An
 
 
 def _aggregation_tuple(aggregations: Iterable[Aggregation]) -> tuple[Aggregation, ...]:
-    items = tuple(aggregations)
+    items = tuple(check_iterable("aggregations", aggregations))
     names = [getattr(a, "name", None) for a in items]
     if not all(type(n) is str and n for n in names) or len(set(names)) != len(names):
         raise InvalidInputError(f"aggregations need distinct, non-empty names: {names}")
@@ -171,6 +177,10 @@ def _idle(value: object) -> int | None:
     return optional_micros("idle_timeout", value)
 
 
+def _name(value: object) -> str:
+    return name_of("name", value)
+
+
 def _flag(value: object) -> bool:
     if type(value) is not bool:
         raise InvalidInputError(f"emit_updates must be a bool: {value!r}")
@@ -187,7 +197,7 @@ class WindowOperator:
     grace: int = attrs.field(default=0, kw_only=True, converter=_grace)
     idle_timeout: int | None = attrs.field(default=None, kw_only=True, converter=_idle)
     emit_updates: bool = attrs.field(default=False, kw_only=True, converter=_flag)
-    name: str = attrs.field(default="window", kw_only=True)
+    name: str = attrs.field(default="window", kw_only=True, converter=_name)
     _parts: dict[int, _Partition] = attrs.field(init=False, factory=dict, repr=False)
     _extras: tuple[Aggregation, ...] = attrs.field(init=False, repr=False)
     _views: tuple[_SummaryView, ...] = attrs.field(init=False, repr=False)
@@ -208,7 +218,8 @@ class WindowOperator:
     def process(self, batch: Batch, partition: int = 0) -> WindowOutput:
         """Aggregate one batch from ``partition``; return the windows this closed (and updated)
         and the batch's late readings."""
-        part = self._parts.get(partition)
+        check_batch(batch)
+        part = self._parts.get(check_partition(partition))
         if part is None:
             part = self._parts[partition] = _Partition()
         watermark = part.watermark
@@ -259,7 +270,8 @@ class WindowOperator:
     def advance(self, partition: int, now: int) -> WindowOutput:
         """Idle advance: ``now`` is wall-clock microseconds. Closes the partition's windows
         once it has shown no new readings for ``idle_timeout`` (see the module docstring)."""
-        part = self._parts.get(partition)
+        part = self._parts.get(check_partition(partition))
+        check_now(now)
         if part is None or part.max_ts is None:
             return _EMPTY
         if part.max_ts != part.seen_max or part.progress_at is None:
@@ -285,11 +297,13 @@ class WindowOperator:
 
     def watermark(self, partition: int) -> int | None:
         """The partition's watermark, or None before its first reading."""
-        part = self._parts.get(partition)
+        part = self._parts.get(check_partition(partition))
         return None if part is None or part.watermark == FAR_PAST else part.watermark
 
     def late_counts(self, partition: int | None = None) -> dict[Key, int]:
         """Late readings per ``(device_id, metric)`` key (parts not in the key are None)."""
+        if partition is not None:
+            check_partition(partition)
         counts: dict[Key, int] = {}
         for number, part in self._parts.items():
             if partition is None or number == partition:
@@ -331,7 +345,7 @@ class WindowOperator:
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the state of partitions (revoked in a rebalance)."""
-        for partition in partitions:
+        for partition in partition_numbers(partitions):
             self._parts.pop(partition, None)
 
     # --- internals -----------------------------------------------------------------------
